@@ -1,0 +1,16 @@
+//! ONNX graphs: loading with limits, the op allow-list, shape and cost
+//! models, the partitioner, and a transformer generator.
+//!
+//! Pure: no I/O beyond reading a model file the caller names.
+
+pub mod allow;
+pub mod model;
+pub mod onnx;
+pub mod shape;
+
+pub use model::{Dim, Graph, LoadError, ValueType, Weight};
+pub mod builder;
+pub mod cost;
+pub mod partition;
+pub mod plan;
+pub mod split;

@@ -1,0 +1,532 @@
+//! The in-memory model: a validated, topologically sorted ONNX graph whose
+//! weights (initializers and `Constant` nodes alike) live apart from the
+//! nodes, so that a task can carry exactly the weights it uses.
+
+use crate::allow;
+use crate::onnx::{self, attr_type, ModelProto, NodeProto, TensorProto};
+use prost::Message;
+use splitup_tensor::DType;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// protobuf cannot encode messages above 2 GiB, so no valid ONNX file is larger.
+pub const MODEL_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+/// Bound on nodes in one graph, far above the largest real models (~10^5).
+pub const NODES_MAX: usize = 5_000_000;
+/// Bound on the rank of any tensor.
+pub const RANK_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("model file is {0} bytes; ONNX files cannot exceed {MODEL_BYTES_MAX} bytes")]
+    TooLarge(u64),
+    #[error("not a valid ONNX model (protobuf decode failed: {0}); the file may be truncated")]
+    Decode(#[from] prost::DecodeError),
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    NotAllowed(#[from] allow::NotAllowed),
+}
+
+fn invalid(msg: impl Into<String>) -> LoadError {
+    LoadError::Invalid(msg.into())
+}
+
+/// A dimension: known, or named (`batch`, `seq`) until the user fixes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Fixed(usize),
+    Sym(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueType {
+    pub dtype: DType,
+    /// `None` when the model declares no shape at all.
+    pub dims: Option<Vec<Dim>>,
+}
+
+/// A weight: its bytes, or only its shape (a model "described by shape",
+/// such as a 70B-shaped graph that is partitioned but never run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weight {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Option<Arc<Vec<u8>>>,
+}
+
+impl Weight {
+    pub fn byte_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size() as u64
+    }
+
+    pub fn tensor(&self) -> Option<splitup_tensor::Tensor> {
+        let data = self.data.as_ref()?;
+        splitup_tensor::Tensor::new(self.dtype, self.shape.clone(), data.to_vec()).ok()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub name: String,
+    pub ir_version: i64,
+    pub opset: Vec<onnx::OperatorSetIdProto>,
+    /// Topologically sorted; no `Constant` nodes (they became weights).
+    pub nodes: Vec<NodeProto>,
+    /// Real inputs: graph inputs that are not initializers.
+    pub inputs: Vec<(String, ValueType)>,
+    pub outputs: Vec<(String, Option<ValueType>)>,
+    pub weights: BTreeMap<String, Weight>,
+    /// Types the model itself declares for intermediate values.
+    pub value_info: HashMap<String, ValueType>,
+}
+
+impl Graph {
+    pub fn load_file(path: &std::path::Path) -> Result<Graph, LoadError> {
+        let io = |source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MODEL_BYTES_MAX {
+            return Err(LoadError::TooLarge(len));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        Graph::load(&bytes)
+    }
+
+    /// Decodes and validates an ONNX model: allow-listed ops only, every
+    /// value defined once, acyclic, weights with consistent sizes.
+    pub fn load(bytes: &[u8]) -> Result<Graph, LoadError> {
+        if bytes.len() as u64 > MODEL_BYTES_MAX {
+            return Err(LoadError::TooLarge(bytes.len() as u64));
+        }
+        let model = ModelProto::decode(bytes)?;
+        Graph::from_proto(model)
+    }
+
+    pub fn from_proto(model: ModelProto) -> Result<Graph, LoadError> {
+        if !model.functions.is_empty() {
+            return Err(allow::NotAllowed::Functions.into());
+        }
+        allow::check_opsets(&model.opset_import)?;
+        let g = model.graph.ok_or(LoadError::NoGraph)?;
+        if !g.sparse_initializer.is_empty() {
+            return Err(invalid("sparse initializers are not supported"));
+        }
+        if g.node.len() > NODES_MAX {
+            return Err(invalid(format!(
+                "graph has {} nodes; the limit is {NODES_MAX}",
+                g.node.len()
+            )));
+        }
+        let mut weights = BTreeMap::new();
+        for t in &g.initializer {
+            if t.name.is_empty() {
+                return Err(invalid("an initializer has no name"));
+            }
+            let w = weight_from_proto(t)
+                .map_err(|e| invalid(format!("initializer {:?}: {e}", t.name)))?;
+            weights.insert(t.name.clone(), w);
+        }
+        let mut inputs = Vec::new();
+        for vi in &g.input {
+            if weights.contains_key(&vi.name) {
+                continue; // IR < 4: initializers are listed as inputs too.
+            }
+            let vt =
+                value_type(vi).map_err(|e| invalid(format!("graph input {:?}: {e}", vi.name)))?;
+            inputs.push((
+                vi.name.clone(),
+                vt.ok_or_else(|| invalid(format!("graph input {:?} has no tensor type", vi.name)))?,
+            ));
+        }
+        let mut outputs = Vec::new();
+        for vi in &g.output {
+            let vt =
+                value_type(vi).map_err(|e| invalid(format!("graph output {:?}: {e}", vi.name)))?;
+            outputs.push((vi.name.clone(), vt));
+        }
+        let mut value_info = HashMap::new();
+        for vi in &g.value_info {
+            if let Ok(Some(vt)) = value_type(vi) {
+                value_info.insert(vi.name.clone(), vt);
+            }
+        }
+        let opset = model.opset_import.clone();
+        let mut nodes = Vec::with_capacity(g.node.len());
+        let output_names: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+        for n in g.node {
+            allow::check_node(&n, &opset)?;
+            if n.op_type == "Constant"
+                && n.domain.is_empty()
+                && n.output.len() == 1
+                && !output_names.contains(n.output[0].as_str())
+            {
+                let w = constant_weight(&n)
+                    .map_err(|e| invalid(format!("Constant node {:?}: {e}", node_label(&n))))?;
+                if weights.insert(n.output[0].clone(), w).is_some() {
+                    return Err(invalid(format!("value {:?} is defined twice", n.output[0])));
+                }
+                continue;
+            }
+            nodes.push(n);
+        }
+        let mut graph = Graph {
+            name: g.name,
+            ir_version: model.ir_version,
+            opset,
+            nodes,
+            inputs,
+            outputs,
+            weights,
+            value_info,
+        };
+        graph.sort_topologically()?;
+        Ok(graph)
+    }
+
+    /// Orders the nodes so every value is produced before it is used
+    /// (stable: a valid order is kept as it is). Rejects cycles, values
+    /// defined twice and values used but never defined.
+    pub fn sort_topologically(&mut self) -> Result<(), LoadError> {
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        let defined: HashSet<&str> = self
+            .inputs
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(self.weights.keys().map(|s| s.as_str()))
+            .collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                if defined.contains(o.as_str()) || producer.insert(o, i).is_some() {
+                    return Err(invalid(format!("value {o:?} is defined more than once")));
+                }
+            }
+        }
+        let mut indegree = vec![0usize; self.nodes.len()];
+        let mut users: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for inp in n.input.iter().filter(|s| !s.is_empty()) {
+                if let Some(&p) = producer.get(inp.as_str()) {
+                    if seen.insert(p) {
+                        indegree[i] += 1;
+                        users[p].push(i);
+                    }
+                } else if !defined.contains(inp.as_str()) {
+                    return Err(invalid(format!(
+                        "node {:?} uses {inp:?}, which no node, input or weight defines",
+                        node_label(n)
+                    )));
+                }
+            }
+        }
+        for (o, _) in &self.outputs {
+            if !producer.contains_key(o.as_str()) && !defined.contains(o.as_str()) {
+                return Err(invalid(format!("graph output {o:?} is never produced")));
+            }
+        }
+        // Kahn's algorithm, always taking the lowest original index first so
+        // that an already sorted graph keeps its order.
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+            (0..self.nodes.len())
+                .filter(|&i| indegree[i] == 0)
+                .map(std::cmp::Reverse)
+                .collect();
+        let mut order = Vec::with_capacity(self.nodes.len());
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            order.push(i);
+            for &u in &users[i] {
+                indegree[u] -= 1;
+                if indegree[u] == 0 {
+                    ready.push(std::cmp::Reverse(u));
+                }
+            }
+        }
+        if order.len() != self.nodes.len() {
+            let stuck = (0..self.nodes.len()).find(|&i| indegree[i] > 0).unwrap();
+            return Err(invalid(format!(
+                "the graph has a cycle through node {:?}",
+                node_label(&self.nodes[stuck])
+            )));
+        }
+        if order.iter().enumerate().any(|(k, &i)| k != i) {
+            let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut self.nodes)
+                .into_iter()
+                .map(Some)
+                .collect();
+            self.nodes = order.into_iter().map(|i| old[i].take().unwrap()).collect();
+        }
+        Ok(())
+    }
+
+    /// Total bytes of all weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.values().map(Weight::byte_len).sum()
+    }
+
+    /// True when every weight has its bytes (the model can be run).
+    pub fn is_materialised(&self) -> bool {
+        self.weights.values().all(|w| w.data.is_some())
+    }
+
+    /// An ONNX model of this graph. With `embed_weights`, weights are
+    /// initializers holding their bytes; without, initializers carry only
+    /// name, type and shape (the bytes travel in a safetensors file).
+    pub fn to_proto(&self, embed_weights: bool) -> ModelProto {
+        let initializer = self
+            .weights
+            .iter()
+            .map(|(name, w)| TensorProto {
+                dims: w.shape.iter().map(|&d| d as i64).collect(),
+                data_type: w.dtype.onnx_code(),
+                name: name.clone(),
+                raw_data: match (&w.data, embed_weights) {
+                    (Some(d), true) => d.to_vec(),
+                    _ => Vec::new(),
+                },
+                ..Default::default()
+            })
+            .collect();
+        ModelProto {
+            ir_version: self.ir_version.max(4),
+            opset_import: self.opset.clone(),
+            producer_name: "splitup".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(onnx::GraphProto {
+                node: self.nodes.clone(),
+                name: self.name.clone(),
+                initializer,
+                input: self
+                    .inputs
+                    .iter()
+                    .map(|(n, t)| value_info_proto(n, Some(t)))
+                    .collect(),
+                output: self
+                    .outputs
+                    .iter()
+                    .map(|(n, t)| value_info_proto(n, t.as_ref()))
+                    .collect(),
+                value_info: Vec::new(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+pub fn node_label(n: &NodeProto) -> String {
+    if n.name.is_empty() {
+        format!(
+            "{} -> {}",
+            n.op_type,
+            n.output.first().map(String::as_str).unwrap_or("?")
+        )
+    } else {
+        n.name.clone()
+    }
+}
+
+pub fn value_info_proto(name: &str, t: Option<&ValueType>) -> onnx::ValueInfoProto {
+    onnx::ValueInfoProto {
+        name: name.to_string(),
+        r#type: t.map(|t| onnx::TypeProto {
+            tensor_type: Some(onnx::TypeProtoTensor {
+                elem_type: t.dtype.onnx_code(),
+                shape: t.dims.as_ref().map(|dims| onnx::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| onnx::Dimension {
+                            value: Some(match d {
+                                Dim::Fixed(v) => onnx::DimValue::DimValue(*v as i64),
+                                Dim::Sym(s) => onnx::DimValue::DimParam(s.clone()),
+                            }),
+                            denotation: String::new(),
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        doc_string: String::new(),
+    }
+}
+
+fn value_type(vi: &onnx::ValueInfoProto) -> Result<Option<ValueType>, String> {
+    let Some(tp) = &vi.r#type else {
+        return Ok(None);
+    };
+    if tp.sequence_type.is_some()
+        || tp.map_type.is_some()
+        || tp.optional_type.is_some()
+        || tp.sparse_tensor_type.is_some()
+    {
+        return Err(
+            "only dense tensors are supported (sequence, map, optional and sparse values are not)"
+                .into(),
+        );
+    }
+    let Some(tt) = &tp.tensor_type else {
+        return Ok(None);
+    };
+    let dtype = dtype_of(tt.elem_type)?;
+    let dims = match &tt.shape {
+        None => None,
+        Some(s) => {
+            if s.dim.len() > RANK_MAX {
+                return Err(format!("rank {} exceeds {RANK_MAX}", s.dim.len()));
+            }
+            Some(
+                s.dim
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| match &d.value {
+                        Some(onnx::DimValue::DimValue(v)) if *v >= 0 => Ok(Dim::Fixed(*v as usize)),
+                        Some(onnx::DimValue::DimValue(v)) => {
+                            Err(format!("dimension {i} is negative ({v})"))
+                        }
+                        Some(onnx::DimValue::DimParam(p)) if !p.is_empty() => {
+                            Ok(Dim::Sym(p.clone()))
+                        }
+                        _ => Ok(Dim::Sym(format!("{}:{i}", vi.name))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+    };
+    Ok(Some(ValueType { dtype, dims }))
+}
+
+pub fn dtype_of(code: i32) -> Result<DType, String> {
+    DType::from_onnx_code(code).ok_or_else(|| match code {
+        8 => "string tensors are not allowed (tensor-only format)".to_string(),
+        14 | 15 => "complex tensors are not supported".to_string(),
+        0 => "element type is undefined".to_string(),
+        c => format!("element type {c} (float8/int4 family) is not supported"),
+    })
+}
+
+/// Decodes a TensorProto's bytes (raw or typed fields) to little-endian bytes,
+/// checking that the data matches the declared shape exactly.
+pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
+    if t.data_location == 1 || !t.external_data.is_empty() {
+        return Err(
+            "external data is not supported; re-save the model with all tensors inside the file"
+                .into(),
+        );
+    }
+    let dtype = dtype_of(t.data_type)?;
+    if t.dims.len() > RANK_MAX {
+        return Err(format!("rank {} exceeds {RANK_MAX}", t.dims.len()));
+    }
+    let mut shape = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        shape.push(usize::try_from(d).map_err(|_| format!("negative dimension {d}"))?);
+    }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or("shape overflows")?;
+    let expected = count.checked_mul(dtype.size()).ok_or("shape overflows")?;
+    let data: Vec<u8> = if !t.raw_data.is_empty() || count == 0 {
+        t.raw_data.clone()
+    } else {
+        let len_of = |n: usize| {
+            if n == count {
+                Ok(())
+            } else {
+                Err(format!(
+                    "holds {n} values but its shape {shape:?} needs {count}"
+                ))
+            }
+        };
+        match dtype {
+            DType::F32 => {
+                len_of(t.float_data.len())?;
+                t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            DType::F64 => {
+                len_of(t.double_data.len())?;
+                t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            DType::I64 => {
+                len_of(t.int64_data.len())?;
+                t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            DType::U32 | DType::U64 => {
+                len_of(t.uint64_data.len())?;
+                if dtype == DType::U32 {
+                    t.uint64_data
+                        .iter()
+                        .flat_map(|&v| (v as u32).to_le_bytes())
+                        .collect()
+                } else {
+                    t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+                }
+            }
+            // int32_data carries every type of 32 bits or less, one per entry.
+            _ => {
+                len_of(t.int32_data.len())?;
+                let n = dtype.size();
+                t.int32_data
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes().into_iter().take(n))
+                    .collect()
+            }
+        }
+    };
+    if data.len() != expected {
+        return Err(format!(
+            "holds {} bytes but its shape {shape:?} of {dtype} needs {expected}",
+            data.len()
+        ));
+    }
+    Ok(Weight {
+        dtype,
+        shape,
+        data: Some(Arc::new(data)),
+    })
+}
+
+fn constant_weight(n: &NodeProto) -> Result<Weight, String> {
+    let a = n
+        .attribute
+        .first()
+        .filter(|_| n.attribute.len() == 1)
+        .ok_or("a Constant needs exactly one attribute")?;
+    let scalar = |dtype: DType, bytes: Vec<u8>, shape: Vec<usize>| Weight {
+        dtype,
+        shape,
+        data: Some(Arc::new(bytes)),
+    };
+    match (a.name.as_str(), a.r#type) {
+        ("value", attr_type::TENSOR) => weight_from_proto(a.t.as_ref().ok_or("missing tensor")?),
+        ("value_float", attr_type::FLOAT) => Ok(scalar(DType::F32, a.f.to_le_bytes().to_vec(), vec![])),
+        ("value_int", attr_type::INT) => Ok(scalar(DType::I64, a.i.to_le_bytes().to_vec(), vec![])),
+        ("value_floats", attr_type::FLOATS) => Ok(scalar(DType::F32, a.floats.iter().flat_map(|v| v.to_le_bytes()).collect(), vec![a.floats.len()])),
+        ("value_ints", attr_type::INTS) => Ok(scalar(DType::I64, a.ints.iter().flat_map(|v| v.to_le_bytes()).collect(), vec![a.ints.len()])),
+        (name, _) => Err(format!("attribute {name:?} is not supported (string and sparse constants are not tensors SplitUp carries)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_and_garbage_models_are_errors() {
+        assert!(matches!(
+            Graph::load(b"\x0a\xff\xff\xff\xff\x0f"),
+            Err(LoadError::Decode(_))
+        ));
+        assert!(matches!(Graph::load(&[]), Err(LoadError::NoGraph)));
+    }
+}
