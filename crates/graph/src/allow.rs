@@ -13,11 +13,7 @@ use crate::onnx::{NodeProto, OperatorSetIdProto};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NotAllowed {
     #[error("op {domain}::{op} (node {node:?}) is in domain {domain:?}; only the default ONNX domain is allowed (custom and vendor ops are not portable or verifiable)")]
-    Domain {
-        domain: String,
-        op: String,
-        node: String,
-    },
+    Domain { domain: String, op: String, node: String },
     #[error("op {op} (node {node:?}) is not allowed: {why}")]
     Op {
         op: String,
@@ -35,12 +31,17 @@ pub enum NotAllowed {
 /// Why a known ONNX op is refused, or `None` when it is allowed.
 fn refusal(op: &str) -> Option<&'static str> {
     Some(match op {
-        "If" | "Loop" | "Scan" => "control flow (its work depends on the data, so it has no fixed cost and may not terminate)",
-        "SequenceAt" | "SequenceConstruct" | "SequenceEmpty" | "SequenceErase" | "SequenceInsert" | "SequenceLength" | "SequenceMap" | "SplitToSequence" | "ConcatFromSequence" => {
+        "If" | "Loop" | "Scan" => {
+            "control flow (its work depends on the data, so it has no fixed cost and may not terminate)"
+        }
+        "SequenceAt" | "SequenceConstruct" | "SequenceEmpty" | "SequenceErase" | "SequenceInsert"
+        | "SequenceLength" | "SequenceMap" | "SplitToSequence" | "ConcatFromSequence" => {
             "sequence values are not tensors"
         }
         "Optional" | "OptionalGetElement" | "OptionalHasElement" => "optional values are not tensors",
-        "StringNormalizer" | "StringConcat" | "StringSplit" | "RegexFullMatch" | "TfIdfVectorizer" | "LabelEncoder" => "string ops are not tensor computation",
+        "StringNormalizer" | "StringConcat" | "StringSplit" | "RegexFullMatch" | "TfIdfVectorizer" | "LabelEncoder" => {
+            "string ops are not tensor computation"
+        }
         "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike" | "Bernoulli" | "Multinomial" => {
             "random ops are not deterministic, so their results cannot be verified by re-execution"
         }
@@ -258,10 +259,7 @@ pub fn check_node(n: &NodeProto, _opsets: &[OperatorSetIdProto]) -> Result<(), N
             node,
         });
     }
-    if n.attribute
-        .iter()
-        .any(|a| a.g.is_some() || !a.graphs.is_empty())
-    {
+    if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
         return Err(NotAllowed::Op {
             op: n.op_type.clone(),
             node,
@@ -286,8 +284,7 @@ mod tests {
 
     #[test]
     fn rejections_name_the_op() {
-        let check =
-            |op: &str, domain: &str| check_node(&node(op, domain), &[]).map_err(|e| e.to_string());
+        let check = |op: &str, domain: &str| check_node(&node(op, domain), &[]).map_err(|e| e.to_string());
         assert_eq!(check("MatMul", ""), Ok(()));
         assert_eq!(check("Conv", "ai.onnx"), Ok(()));
         let e = check("FusedMatMul", "com.microsoft").unwrap_err();

@@ -121,13 +121,7 @@ impl Builder {
         name.into()
     }
 
-    pub fn const_f(
-        &mut self,
-        name: &str,
-        dtype: DType,
-        shape: Vec<usize>,
-        values: &[f32],
-    ) -> String {
+    pub fn const_f(&mut self, name: &str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> String {
         let data = encode_floats(dtype, values.iter().copied());
         self.graph.weights.insert(
             name.into(),
@@ -141,14 +135,7 @@ impl Builder {
     }
 
     /// A seeded random weight, uniform in [-scale, scale] around `center`.
-    pub fn weight(
-        &mut self,
-        name: &str,
-        dtype: DType,
-        shape: Vec<usize>,
-        center: f32,
-        scale: f32,
-    ) -> String {
+    pub fn weight(&mut self, name: &str, dtype: DType, shape: Vec<usize>, center: f32, scale: f32) -> String {
         let data = self.materialise.then(|| {
             let n: usize = shape.iter().product();
             let mut rng = rng_for(self.seed, name);
@@ -157,9 +144,7 @@ impl Builder {
                 (0..n).map(|_| center + scale * (rng.random::<f32>() * 2.0 - 1.0)),
             ))
         });
-        self.graph
-            .weights
-            .insert(name.into(), Weight { dtype, shape, data });
+        self.graph.weights.insert(name.into(), Weight { dtype, shape, data });
         name.into()
     }
 }
@@ -179,12 +164,8 @@ pub fn encode_floats(dtype: DType, values: impl Iterator<Item = f32>) -> Vec<u8>
     match dtype {
         DType::F32 => values.flat_map(|v| v.to_le_bytes()).collect(),
         DType::F64 => values.flat_map(|v| (v as f64).to_le_bytes()).collect(),
-        DType::F16 => values
-            .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DType::Bf16 => values
-            .flat_map(|v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
+        DType::F16 => values.flat_map(|v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        DType::Bf16 => values.flat_map(|v| half::bf16::from_f32(v).to_le_bytes()).collect(),
         other => panic!("encode_floats: {other} is not a float type"),
     }
 }
@@ -303,31 +284,16 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph, String> {
     );
     let emb = b.weight("embed_tokens", dt, vec![c.vocab, h], 0.0, 1.0);
     let mut x = b.op("Gather", &[&emb, &ids], vec![]);
-    let seq_len = b.op(
-        "Shape",
-        &[&ids],
-        vec![attr_int("start", 1), attr_int("end", 2)],
-    );
+    let seq_len = b.op("Shape", &[&ids], vec![attr_int("start", 1), attr_int("end", 2)]);
     let zero = b.const_i64("const/zero1", &[0]);
     let zero2 = b.const_i64("const/zero2", &[0, 0]);
     let axes01 = b.const_i64("const/axes01", &[0, 1]);
     let ends2 = b.op("Concat", &[&seq_len, &seq_len], vec![attr_int("axis", 0)]);
     // Causal mask table: 0 on and below the diagonal, -1e9 above.
     let mask_vals: Vec<f32> = (0..c.max_seq * c.max_seq)
-        .map(|i| {
-            if i % c.max_seq > i / c.max_seq {
-                -1e9
-            } else {
-                0.0
-            }
-        })
+        .map(|i| if i % c.max_seq > i / c.max_seq { -1e9 } else { 0.0 })
         .collect();
-    let mask_table = b.const_f(
-        "const/causal_mask",
-        dt,
-        vec![c.max_seq, c.max_seq],
-        &mask_vals,
-    );
+    let mask_table = b.const_f("const/causal_mask", dt, vec![c.max_seq, c.max_seq], &mask_vals);
     let mask = b.op("Slice", &[&mask_table, &zero2, &ends2, &axes01], vec![]);
     let (mut cos, mut sin) = (String::new(), String::new());
     match c.positions {
@@ -459,11 +425,7 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph, String> {
     b.output(
         "logits",
         dt,
-        vec![
-            Dim::Sym("batch".into()),
-            Dim::Sym("seq".into()),
-            Dim::Fixed(c.vocab),
-        ],
+        vec![Dim::Sym("batch".into()), Dim::Sym("seq".into()), Dim::Fixed(c.vocab)],
     );
     Ok(b.graph)
 }

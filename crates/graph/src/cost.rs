@@ -5,12 +5,7 @@ use crate::onnx::NodeProto;
 use crate::shape::Shapes;
 
 pub fn node_flops(n: &NodeProto, s: &Shapes) -> u64 {
-    let info = |i: usize| {
-        n.input
-            .get(i)
-            .filter(|x| !x.is_empty())
-            .and_then(|x| s.info.get(x))
-    };
+    let info = |i: usize| n.input.get(i).filter(|x| !x.is_empty()).and_then(|x| s.info.get(x));
     let out_elems = n
         .output
         .first()
@@ -25,9 +20,7 @@ pub fn node_flops(n: &NodeProto, s: &Shapes) -> u64 {
         "Gemm" => {
             let a = info(0).map(|a| a.shape.clone()).unwrap_or_default();
             let trans_a = n.attribute.iter().any(|x| x.name == "transA" && x.i != 0);
-            let k = if trans_a { a.first() } else { a.get(1) }
-                .copied()
-                .unwrap_or(1) as u64;
+            let k = if trans_a { a.first() } else { a.get(1) }.copied().unwrap_or(1) as u64;
             2 * out_elems * k + out_elems
         }
         "Conv" | "ConvInteger" | "ConvTranspose" => {
@@ -44,10 +37,9 @@ pub fn node_flops(n: &NodeProto, s: &Shapes) -> u64 {
                 .unwrap_or(1);
             out_elems * k
         }
-        "GlobalAveragePool" | "GlobalMaxPool" | "ReduceMean" | "ReduceSum" | "ReduceMax"
-        | "ReduceMin" | "Softmax" | "LogSoftmax" => {
-            info(0).map(|i| i.elems()).unwrap_or(out_elems)
-                * if n.op_type.contains("Softmax") { 5 } else { 1 }
+        "GlobalAveragePool" | "GlobalMaxPool" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "Softmax"
+        | "LogSoftmax" => {
+            info(0).map(|i| i.elems()).unwrap_or(out_elems) * if n.op_type.contains("Softmax") { 5 } else { 1 }
         }
         _ => out_elems,
     }

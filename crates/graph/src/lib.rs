@@ -14,3 +14,4 @@ pub mod cost;
 pub mod partition;
 pub mod plan;
 pub mod split;
+pub mod transform;

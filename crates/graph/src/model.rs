@@ -19,10 +19,7 @@ pub const RANK_MAX: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("model file is {0} bytes; ONNX files cannot exceed {MODEL_BYTES_MAX} bytes")]
     TooLarge(u64),
     #[error("not a valid ONNX model (protobuf decode failed: {0}); the file may be truncated")]
@@ -132,8 +129,7 @@ impl Graph {
             if t.name.is_empty() {
                 return Err(invalid("an initializer has no name"));
             }
-            let w = weight_from_proto(t)
-                .map_err(|e| invalid(format!("initializer {:?}: {e}", t.name)))?;
+            let w = weight_from_proto(t).map_err(|e| invalid(format!("initializer {:?}: {e}", t.name)))?;
             weights.insert(t.name.clone(), w);
         }
         let mut inputs = Vec::new();
@@ -141,8 +137,7 @@ impl Graph {
             if weights.contains_key(&vi.name) {
                 continue; // IR < 4: initializers are listed as inputs too.
             }
-            let vt =
-                value_type(vi).map_err(|e| invalid(format!("graph input {:?}: {e}", vi.name)))?;
+            let vt = value_type(vi).map_err(|e| invalid(format!("graph input {:?}: {e}", vi.name)))?;
             inputs.push((
                 vi.name.clone(),
                 vt.ok_or_else(|| invalid(format!("graph input {:?} has no tensor type", vi.name)))?,
@@ -150,8 +145,7 @@ impl Graph {
         }
         let mut outputs = Vec::new();
         for vi in &g.output {
-            let vt =
-                value_type(vi).map_err(|e| invalid(format!("graph output {:?}: {e}", vi.name)))?;
+            let vt = value_type(vi).map_err(|e| invalid(format!("graph output {:?}: {e}", vi.name)))?;
             outputs.push((vi.name.clone(), vt));
         }
         let mut value_info = HashMap::new();
@@ -170,8 +164,7 @@ impl Graph {
                 && n.output.len() == 1
                 && !output_names.contains(n.output[0].as_str())
             {
-                let w = constant_weight(&n)
-                    .map_err(|e| invalid(format!("Constant node {:?}: {e}", node_label(&n))))?;
+                let w = constant_weight(&n).map_err(|e| invalid(format!("Constant node {:?}: {e}", node_label(&n))))?;
                 if weights.insert(n.output[0].clone(), w).is_some() {
                     return Err(invalid(format!("value {:?} is defined twice", n.output[0])));
                 }
@@ -236,11 +229,10 @@ impl Graph {
         }
         // Kahn's algorithm, always taking the lowest original index first so
         // that an already sorted graph keeps its order.
-        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-            (0..self.nodes.len())
-                .filter(|&i| indegree[i] == 0)
-                .map(std::cmp::Reverse)
-                .collect();
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..self.nodes.len())
+            .filter(|&i| indegree[i] == 0)
+            .map(std::cmp::Reverse)
+            .collect();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(std::cmp::Reverse(i)) = ready.pop() {
             order.push(i);
@@ -259,10 +251,7 @@ impl Graph {
             )));
         }
         if order.iter().enumerate().any(|(k, &i)| k != i) {
-            let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut self.nodes)
-                .into_iter()
-                .map(Some)
-                .collect();
+            let mut old: Vec<Option<NodeProto>> = std::mem::take(&mut self.nodes).into_iter().map(Some).collect();
             self.nodes = order.into_iter().map(|i| old[i].take().unwrap()).collect();
         }
         Ok(())
@@ -305,11 +294,7 @@ impl Graph {
                 node: self.nodes.clone(),
                 name: self.name.clone(),
                 initializer,
-                input: self
-                    .inputs
-                    .iter()
-                    .map(|(n, t)| value_info_proto(n, Some(t)))
-                    .collect(),
+                input: self.inputs.iter().map(|(n, t)| value_info_proto(n, Some(t))).collect(),
                 output: self
                     .outputs
                     .iter()
@@ -369,10 +354,7 @@ fn value_type(vi: &onnx::ValueInfoProto) -> Result<Option<ValueType>, String> {
         || tp.optional_type.is_some()
         || tp.sparse_tensor_type.is_some()
     {
-        return Err(
-            "only dense tensors are supported (sequence, map, optional and sparse values are not)"
-                .into(),
-        );
+        return Err("only dense tensors are supported (sequence, map, optional and sparse values are not)".into());
     }
     let Some(tt) = &tp.tensor_type else {
         return Ok(None);
@@ -390,12 +372,8 @@ fn value_type(vi: &onnx::ValueInfoProto) -> Result<Option<ValueType>, String> {
                     .enumerate()
                     .map(|(i, d)| match &d.value {
                         Some(onnx::DimValue::DimValue(v)) if *v >= 0 => Ok(Dim::Fixed(*v as usize)),
-                        Some(onnx::DimValue::DimValue(v)) => {
-                            Err(format!("dimension {i} is negative ({v})"))
-                        }
-                        Some(onnx::DimValue::DimParam(p)) if !p.is_empty() => {
-                            Ok(Dim::Sym(p.clone()))
-                        }
+                        Some(onnx::DimValue::DimValue(v)) => Err(format!("dimension {i} is negative ({v})")),
+                        Some(onnx::DimValue::DimParam(p)) if !p.is_empty() => Ok(Dim::Sym(p.clone())),
                         _ => Ok(Dim::Sym(format!("{}:{i}", vi.name))),
                     })
                     .collect::<Result<_, _>>()?,
@@ -418,10 +396,7 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
 /// checking that the data matches the declared shape exactly.
 pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
     if t.data_location == 1 || !t.external_data.is_empty() {
-        return Err(
-            "external data is not supported; re-save the model with all tensors inside the file"
-                .into(),
-        );
+        return Err("external data is not supported; re-save the model with all tensors inside the file".into());
     }
     let dtype = dtype_of(t.data_type)?;
     if t.dims.len() > RANK_MAX {
@@ -443,9 +418,7 @@ pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
             if n == count {
                 Ok(())
             } else {
-                Err(format!(
-                    "holds {n} values but its shape {shape:?} needs {count}"
-                ))
+                Err(format!("holds {n} values but its shape {shape:?} needs {count}"))
             }
         };
         match dtype {
@@ -464,10 +437,7 @@ pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
             DType::U32 | DType::U64 => {
                 len_of(t.uint64_data.len())?;
                 if dtype == DType::U32 {
-                    t.uint64_data
-                        .iter()
-                        .flat_map(|&v| (v as u32).to_le_bytes())
-                        .collect()
+                    t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect()
                 } else {
                     t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
                 }
@@ -511,9 +481,19 @@ fn constant_weight(n: &NodeProto) -> Result<Weight, String> {
         ("value", attr_type::TENSOR) => weight_from_proto(a.t.as_ref().ok_or("missing tensor")?),
         ("value_float", attr_type::FLOAT) => Ok(scalar(DType::F32, a.f.to_le_bytes().to_vec(), vec![])),
         ("value_int", attr_type::INT) => Ok(scalar(DType::I64, a.i.to_le_bytes().to_vec(), vec![])),
-        ("value_floats", attr_type::FLOATS) => Ok(scalar(DType::F32, a.floats.iter().flat_map(|v| v.to_le_bytes()).collect(), vec![a.floats.len()])),
-        ("value_ints", attr_type::INTS) => Ok(scalar(DType::I64, a.ints.iter().flat_map(|v| v.to_le_bytes()).collect(), vec![a.ints.len()])),
-        (name, _) => Err(format!("attribute {name:?} is not supported (string and sparse constants are not tensors SplitUp carries)")),
+        ("value_floats", attr_type::FLOATS) => Ok(scalar(
+            DType::F32,
+            a.floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            vec![a.floats.len()],
+        )),
+        ("value_ints", attr_type::INTS) => Ok(scalar(
+            DType::I64,
+            a.ints.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            vec![a.ints.len()],
+        )),
+        (name, _) => Err(format!(
+            "attribute {name:?} is not supported (string and sparse constants are not tensors SplitUp carries)"
+        )),
     }
 }
 

@@ -160,8 +160,7 @@ fn index(g: &Graph, s: &Shapes) -> Result<Index, PartitionError> {
     }
     let add = |ix: &mut Index, name: &str, producer: Option<usize>| -> usize {
         let id = ix.bytes.len();
-        ix.bytes
-            .push(s.info.get(name).map(|i| i.bytes()).unwrap_or(0));
+        ix.bytes.push(s.info.get(name).map(|i| i.bytes()).unwrap_or(0));
         ix.producer.push(producer);
         ix.last_use.push(producer.unwrap_or(0));
         ix.value_names.push(name.to_string());
@@ -233,8 +232,7 @@ fn for_each_segment(ix: &Index, opts: &Options, limit: u64, mut f: impl FnMut(Se
     let mut in_seen = vec![usize::MAX; ix.bytes.len()];
     let mut w_seen = vec![usize::MAX; ix.weight_bytes.len()];
     for i in 0..n {
-        let (mut weights, mut held, mut cut_in, mut live, mut peak, mut flops) =
-            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut weights, mut held, mut cut_in, mut live, mut peak, mut flops) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for j in i..n {
             for &w in &ix.node_weights[j] {
                 if w_seen[w] != i {
@@ -285,11 +283,7 @@ fn better(a: Score, b: Option<Score>) -> bool {
 }
 
 /// Partitions `graph` for the given budget.
-pub fn partition(
-    graph: &Graph,
-    bindings: &Bindings,
-    opts: &Options,
-) -> Result<Partition, PartitionError> {
+pub fn partition(graph: &Graph, bindings: &Bindings, opts: &Options) -> Result<Partition, PartitionError> {
     partition_with_progress(graph, bindings, opts, &mut |_, _| {})
 }
 
@@ -363,11 +357,7 @@ pub fn partition_with_progress(
 
 /// Heterogeneous nodes, one task per node, in the order the nodes were
 /// given (a pipeline): DP over (cut point, node).
-fn place_pipeline(
-    ix: &Index,
-    opts: &Options,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Option<Vec<(Segment, usize)>> {
+fn place_pipeline(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, usize)) -> Option<Vec<(Segment, usize)>> {
     let n = ix.node_inputs.len();
     let m = opts.capacities.len();
     let mut segs: Vec<Segment> = Vec::new();
@@ -417,11 +407,7 @@ fn place_pipeline(
 
 /// Fewer nodes than tasks: plan for the largest node, then place each task
 /// on the smallest node it fits (several tasks may share a node).
-fn place_shared(
-    ix: &Index,
-    opts: &Options,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Vec<(Segment, usize)> {
+fn place_shared(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, usize)) -> Vec<(Segment, usize)> {
     let uniform = Options {
         capacities: vec![opts.max_capacity()],
         ..opts.clone()
@@ -492,10 +478,7 @@ fn describe(g: &Graph, ix: &Index, seg: Segment, placement: usize) -> Task {
         end: j,
         inputs: inputs.iter().map(|&v| ix.value_names[v].clone()).collect(),
         outputs: outputs.iter().map(|&v| ix.value_names[v].clone()).collect(),
-        weights: weights
-            .iter()
-            .map(|&w| ix.weight_names[w].clone())
-            .collect(),
+        weights: weights.iter().map(|&w| ix.weight_names[w].clone()).collect(),
         weight_bytes,
         activation_bytes: seg.act,
         vram_bytes: seg.vram,
@@ -545,10 +528,7 @@ fn split_oversized(
             .map(|i| i.bytes())
             .sum();
         let need = opts.with_overhead(weight + io);
-        if need > budget
-            && weight > 0
-            && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather")
-        {
+        if need > budget && weight > 0 && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather") {
             // Each slice holds the input, 1/parts of the weight and of the output.
             let input_bytes: u64 = n
                 .input
@@ -580,12 +560,7 @@ fn split_oversized(
     Ok(())
 }
 
-fn check_single_nodes(
-    g: &Graph,
-    s: &Shapes,
-    ix: &Index,
-    opts: &Options,
-) -> Result<(), PartitionError> {
+fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Result<(), PartitionError> {
     let budget = opts.max_capacity();
     for (k, n) in g.nodes.iter().enumerate() {
         let need = single_need(ix, opts, k);
@@ -645,4 +620,32 @@ fn check_single_nodes(
         }
     }
     Ok(())
+}
+
+/// The smallest budget any plan of this graph can have: the largest
+/// activation footprint (non-weight inputs plus outputs) of a single node,
+/// with overhead. Weights can be split vertically; activations cannot.
+pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -> Result<u64, PartitionError> {
+    let s = shape::infer(graph, bindings)?;
+    let opts = Options {
+        capacities: vec![1],
+        overhead_pct,
+        vertical_split: false,
+    };
+    Ok(graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let io: u64 = n
+                .input
+                .iter()
+                .chain(&n.output)
+                .filter(|v| !v.is_empty() && !graph.weights.contains_key(*v))
+                .filter_map(|v| s.info.get(v))
+                .map(|i| i.bytes())
+                .sum();
+            opts.with_overhead(io)
+        })
+        .max()
+        .unwrap_or(0))
 }

@@ -31,9 +31,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn bytes(&self) -> u64 {
-        let d = DType::from_name(&self.dtype)
-            .map(|d| d.size() as u64)
-            .unwrap_or(0);
+        let d = DType::from_name(&self.dtype).map(|d| d.size() as u64).unwrap_or(0);
         self.shape.iter().product::<u64>() * d
     }
 }
@@ -112,10 +110,7 @@ impl Manifest {
     /// specs equal on both ends, file names that stay inside the plan.
     pub fn validate(&self) -> Result<(), String> {
         if self.format != FORMAT {
-            return Err(format!(
-                "unknown plan format {:?} (expected {FORMAT:?})",
-                self.format
-            ));
+            return Err(format!("unknown plan format {:?} (expected {FORMAT:?})", self.format));
         }
         let by_id: HashMap<u64, &TaskInfo> = self.tasks.iter().map(|t| (t.id, t)).collect();
         if by_id.len() != self.tasks.len() || by_id.contains_key(&0) {
@@ -168,34 +163,20 @@ impl Manifest {
                     c.source_task_id, c.destination_task_id, c.tensor_spec.name
                 ));
             }
-            if c.source_task_id != 0
-                && c.destination_task_id != 0
-                && c.source_task_id >= c.destination_task_id
-            {
+            if c.source_task_id != 0 && c.destination_task_id != 0 && c.source_task_id >= c.destination_task_id {
                 return Err(format!(
                     "connection {} -> {} goes backwards (the DAG must be acyclic)",
                     c.source_task_id, c.destination_task_id
                 ));
             }
-            *fed.entry((c.destination_task_id, c.dest_input_index))
-                .or_default() += 1;
+            *fed.entry((c.destination_task_id, c.dest_input_index)).or_default() += 1;
         }
         for t in &self.tasks {
             for i in 0..t.inputs.len() {
                 match fed.get(&(t.id, i as u64)) {
                     Some(1) => {}
-                    Some(n) => {
-                        return Err(format!(
-                            "task {} input {} is fed {n} times",
-                            t.id, t.inputs[i].name
-                        ))
-                    }
-                    None => {
-                        return Err(format!(
-                            "task {} input {:?} is never fed",
-                            t.id, t.inputs[i].name
-                        ))
-                    }
+                    Some(n) => return Err(format!("task {} input {} is fed {n} times", t.id, t.inputs[i].name)),
+                    None => return Err(format!("task {} input {:?} is never fed", t.id, t.inputs[i].name)),
                 }
             }
         }
@@ -263,11 +244,7 @@ pub fn task_graph(p: &Partition, k: usize) -> Graph {
         nodes: g.nodes[t.start..t.end].to_vec(),
         inputs: t.inputs.iter().map(|n| (n.clone(), vt(n))).collect(),
         outputs: t.outputs.iter().map(|n| (n.clone(), Some(vt(n)))).collect(),
-        weights: t
-            .weights
-            .iter()
-            .map(|w| (w.clone(), g.weights[w].clone()))
-            .collect(),
+        weights: t.weights.iter().map(|w| (w.clone(), g.weights[w].clone())).collect(),
         value_info: HashMap::new(),
     }
 }
@@ -277,6 +254,7 @@ pub fn build(
     p: &Partition,
     name: &str,
     bindings: &crate::shape::Bindings,
+    opts: &crate::partition::Options,
     with_files: bool,
 ) -> Result<PlanFiles, PlanError> {
     let g = &p.graph;
@@ -310,9 +288,7 @@ pub fn build(
         let mut weights = BTreeMap::new();
         if with_files {
             for (wn, w) in &tg.weights {
-                let tensor = w
-                    .tensor()
-                    .ok_or_else(|| PlanError::NoWeightData(wn.clone()))?;
+                let tensor = w.tensor().ok_or_else(|| PlanError::NoWeightData(wn.clone()))?;
                 weights.insert(wn.clone(), tensor);
             }
         }
@@ -368,7 +344,7 @@ pub fn build(
             graph: graph_ref,
             weights: weights_ref,
             weight_uri: weights_file,
-            node: None,
+            node: (opts.capacities.len() > 1).then_some(t.placement),
             ops,
         });
     }
@@ -393,8 +369,8 @@ pub fn build(
         name: name.into(),
         description: format!("{} ops in {} tasks", g.nodes.len(), p.tasks.len()),
         budget: Budget {
-            capacities: vec![],
-            overhead_pct: 0,
+            capacities: opts.capacities.clone(),
+            overhead_pct: opts.overhead_pct,
         },
         dims: bindings.dims.clone(),
         inputs,
@@ -421,11 +397,7 @@ pub enum AssembleError {
 
 /// Checks a task's files against the manifest and joins graph and weights
 /// into one runnable ONNX model (bytes).
-pub fn assemble_task(
-    task: &TaskInfo,
-    onnx_bytes: &[u8],
-    st_bytes: &[u8],
-) -> Result<Vec<u8>, AssembleError> {
+pub fn assemble_task(task: &TaskInfo, onnx_bytes: &[u8], st_bytes: &[u8]) -> Result<Vec<u8>, AssembleError> {
     for (f, bytes) in [(&task.graph, onnx_bytes), (&task.weights, st_bytes)] {
         let actual = hash_hex(bytes);
         if actual != f.blake3 {
@@ -436,12 +408,8 @@ pub fn assemble_task(
             });
         }
     }
-    let inv = |file: &str, msg: String| AssembleError::Invalid {
-        file: file.into(),
-        msg,
-    };
-    let mut model =
-        ModelProto::decode(onnx_bytes).map_err(|e| inv(&task.graph.file, e.to_string()))?;
+    let inv = |file: &str, msg: String| AssembleError::Invalid { file: file.into(), msg };
+    let mut model = ModelProto::decode(onnx_bytes).map_err(|e| inv(&task.graph.file, e.to_string()))?;
     let weights: BTreeMap<String, Tensor> =
         splitup_tensor::st::decode(st_bytes).map_err(|e| inv(&task.weights.file, e.to_string()))?;
     let graph = model
@@ -459,12 +427,9 @@ pub fn assemble_task(
         ));
     }
     for init in &mut graph.initializer {
-        let w = weights.get(&init.name).ok_or_else(|| {
-            inv(
-                &task.weights.file,
-                format!("missing weight {:?}", init.name),
-            )
-        })?;
+        let w = weights
+            .get(&init.name)
+            .ok_or_else(|| inv(&task.weights.file, format!("missing weight {:?}", init.name)))?;
         let dims: Vec<i64> = w.shape.iter().map(|&d| d as i64).collect();
         if dims != init.dims || w.dtype.onnx_code() != init.data_type {
             return Err(inv(

@@ -39,7 +39,9 @@ pub struct Bindings {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ShapeError {
-    #[error("input {input:?} has symbolic dimension {dim:?}; fix it with --dim {dim}=N (or --shape {input}=D0,D1,...)")]
+    #[error(
+        "input {input:?} has symbolic dimension {dim:?}; fix it with --dim {dim}=N (or --shape {input}=D0,D1,...)"
+    )]
     Unbound { input: String, dim: String },
     #[error("input {input:?} has no declared shape; give it with --shape {input}=D0,D1,...")]
     NoShape { input: String },
@@ -95,9 +97,10 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
             }
             shape.clone()
         } else {
-            let dims = vt.dims.as_ref().ok_or_else(|| ShapeError::NoShape {
-                input: name.clone(),
-            })?;
+            let dims = vt
+                .dims
+                .as_ref()
+                .ok_or_else(|| ShapeError::NoShape { input: name.clone() })?;
             dims.iter()
                 .map(|d| match d {
                     Dim::Fixed(v) => Ok(*v),
@@ -108,13 +111,7 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        s.info.insert(
-            name.clone(),
-            Info {
-                dtype: vt.dtype,
-                shape,
-            },
-        );
+        s.info.insert(name.clone(), Info { dtype: vt.dtype, shape });
     }
     for (name, w) in &g.weights {
         s.info.insert(
@@ -126,10 +123,9 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
         );
         if let (Some(data), true) = (&w.data, matches!(w.dtype, DType::I64 | DType::I32)) {
             if w.shape.iter().product::<usize>() <= VALUE_ELEMS_MAX {
-                if let Some(v) =
-                    splitup_tensor::Tensor::new(w.dtype, w.shape.clone(), data.to_vec())
-                        .ok()
-                        .and_then(|t| t.to_i64_vec())
+                if let Some(v) = splitup_tensor::Tensor::new(w.dtype, w.shape.clone(), data.to_vec())
+                    .ok()
+                    .and_then(|t| t.to_i64_vec())
                 {
                     s.values.insert(name.clone(), v);
                 }
@@ -158,12 +154,10 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
                     .output
                     .iter()
                     .map(|o| {
-                        let vt = g.value_info.get(o).or_else(|| {
-                            g.outputs
-                                .iter()
-                                .find(|(n, _)| n == o)
-                                .and_then(|(_, t)| t.as_ref())
-                        })?;
+                        let vt = g
+                            .value_info
+                            .get(o)
+                            .or_else(|| g.outputs.iter().find(|(n, _)| n == o).and_then(|(_, t)| t.as_ref()))?;
                         let shape = vt.dims.as_ref()?.iter().map(|d| match d {
                             Dim::Fixed(v) => Some(*v),
                             Dim::Sym(s) => b.dims.get(s).copied(),
@@ -231,16 +225,8 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let x = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let y = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
+        let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
         out[i] = if x == y || y == 1 {
             x
         } else if x == 1 {
@@ -389,11 +375,8 @@ fn infer_node(
         "IsNaN" | "IsInf" => one(DType::Bool, input(0)?.shape.clone()),
         "Cast" => {
             let x = input(0)?;
-            let to = DType::from_onnx_code(attr_i(n, "to", 0) as i32)
-                .ok_or("unsupported target type")?;
-            let v = vals[0]
-                .cloned()
-                .filter(|_| !to.is_float() && to != DType::Bool);
+            let to = DType::from_onnx_code(attr_i(n, "to", 0) as i32).ok_or("unsupported target type")?;
+            let v = vals[0].cloned().filter(|_| !to.is_float() && to != DType::Bool);
             Ok(vec![(
                 Info {
                     dtype: to,
@@ -403,17 +386,14 @@ fn infer_node(
             )])
         }
         "CastLike" => one(input(1)?.dtype, input(0)?.shape.clone()),
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Max" | "Min" | "Sum" | "Mean" | "And"
-        | "Or" | "Xor" | "BitShift" | "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "PRelu"
-        | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" | "Max" | "Min" | "Sum" | "Mean" | "And" | "Or" | "Xor"
+        | "BitShift" | "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "PRelu" | "Equal" | "Less" | "Greater"
+        | "LessOrEqual" | "GreaterOrEqual" => {
             let mut shape = input(0)?.shape.clone();
             for i in 1..ins.len() {
                 shape = broadcast(&shape, &input(i)?.shape)?;
             }
-            let dtype = if matches!(
-                op,
-                "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual"
-            ) {
+            let dtype = if matches!(op, "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual") {
                 DType::Bool
             } else {
                 input(0)?.dtype
@@ -447,19 +427,12 @@ fn infer_node(
             Ok(vec![(Info { dtype, shape }, v)])
         }
         "Where" => {
-            let shape = broadcast(
-                &broadcast(&input(0)?.shape, &input(1)?.shape)?,
-                &input(2)?.shape,
-            )?;
+            let shape = broadcast(&broadcast(&input(0)?.shape, &input(1)?.shape)?, &input(2)?.shape)?;
             one(input(1)?.dtype, shape)
         }
         "MatMul" | "MatMulInteger" => {
             let (a, b) = (input(0)?, input(1)?);
-            let dtype = if op == "MatMulInteger" {
-                DType::I32
-            } else {
-                a.dtype
-            };
+            let dtype = if op == "MatMulInteger" { DType::I32 } else { a.dtype };
             one(dtype, matmul_shape(&a.shape, &b.shape)?)
         }
         "Gemm" => {
@@ -491,14 +464,7 @@ fn infer_node(
             let spatial = pool_shape(n, &x.shape[2..], &w.shape[2..], false)?;
             let mut shape = vec![x.shape[0], w.shape[0]];
             shape.extend(spatial);
-            one(
-                if op == "ConvInteger" {
-                    DType::I32
-                } else {
-                    x.dtype
-                },
-                shape,
-            )
+            one(if op == "ConvInteger" { DType::I32 } else { x.dtype }, shape)
         }
         "MaxPool" | "AveragePool" | "LpPool" => {
             let x = input(0)?;
@@ -555,8 +521,7 @@ fn infer_node(
                     _ => have_values = false,
                 }
             }
-            let v =
-                (have_values && shape.len() == 1 && all.len() <= VALUE_ELEMS_MAX).then_some(all);
+            let v = (have_values && shape.len() == 1 && all.len() <= VALUE_ELEMS_MAX).then_some(all);
             Ok(vec![(
                 Info {
                     dtype: first.dtype,
@@ -590,9 +555,7 @@ fn infer_node(
             let mut infer_at = None;
             for (i, &t) in target.iter().enumerate() {
                 match t {
-                    0 if !allowzero => {
-                        shape.push(*x.shape.get(i).ok_or("0 in Reshape beyond the input rank")?)
-                    }
+                    0 if !allowzero => shape.push(*x.shape.get(i).ok_or("0 in Reshape beyond the input rank")?),
                     -1 if infer_at.is_none() => {
                         infer_at = Some(i);
                         shape.push(1)
@@ -614,13 +577,7 @@ fn infer_node(
                 ));
             }
             let v = vals[0].cloned();
-            Ok(vec![(
-                Info {
-                    dtype: x.dtype,
-                    shape,
-                },
-                v,
-            )])
+            Ok(vec![(Info { dtype: x.dtype, shape }, v)])
         }
         "Transpose" => {
             let x = input(0)?;
@@ -645,13 +602,8 @@ fn infer_node(
             if op == "Squeeze" {
                 let r = x.shape.len();
                 let axes: Vec<usize> = match axes {
-                    Some(a) => a
-                        .iter()
-                        .map(|&a| norm_axis(a, r))
-                        .collect::<Result<_, _>>()?,
-                    None if ins.len() > 1 && ins[1].is_some() => {
-                        return Err("axes must be a constant".into())
-                    }
+                    Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
+                    None if ins.len() > 1 && ins[1].is_some() => return Err("axes must be a constant".into()),
                     None => (0..r).filter(|&i| x.shape[i] == 1).collect(),
                 };
                 let shape = x
@@ -661,20 +613,11 @@ fn infer_node(
                     .filter(|(i, _)| !axes.contains(i))
                     .map(|(_, &d)| d)
                     .collect();
-                Ok(vec![(
-                    Info {
-                        dtype: x.dtype,
-                        shape,
-                    },
-                    vals[0].cloned(),
-                )])
+                Ok(vec![(Info { dtype: x.dtype, shape }, vals[0].cloned())])
             } else {
                 let axes = axes.ok_or("axes must be a constant")?;
                 let r = x.shape.len() + axes.len();
-                let mut axes: Vec<usize> = axes
-                    .iter()
-                    .map(|&a| norm_axis(a, r))
-                    .collect::<Result<_, _>>()?;
+                let mut axes: Vec<usize> = axes.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?;
                 axes.sort_unstable();
                 let mut shape = Vec::with_capacity(r);
                 let mut it = x.shape.iter();
@@ -685,13 +628,7 @@ fn infer_node(
                         shape.push(*it.next().ok_or("duplicate axes")?);
                     }
                 }
-                Ok(vec![(
-                    Info {
-                        dtype: x.dtype,
-                        shape,
-                    },
-                    vals[0].cloned(),
-                )])
+                Ok(vec![(Info { dtype: x.dtype, shape }, vals[0].cloned())])
             }
         }
         "Shape" => {
@@ -700,19 +637,12 @@ fn infer_node(
             let clamp = |v: i64| if v < 0 { (v + r).max(0) } else { v.min(r) } as usize;
             let start = clamp(attr_i(n, "start", 0));
             let end = clamp(attr(n, "end").map(|a| a.i).unwrap_or(r));
-            let dims: Vec<i64> = x.shape[start..end.max(start)]
-                .iter()
-                .map(|&d| d as i64)
-                .collect();
+            let dims: Vec<i64> = x.shape[start..end.max(start)].iter().map(|&d| d as i64).collect();
             valued(DType::I64, vec![dims.len()], dims)
         }
         "Size" => {
             let x = input(0)?;
-            valued(
-                DType::I64,
-                vec![],
-                vec![x.shape.iter().product::<usize>() as i64],
-            )
+            valued(DType::I64, vec![], vec![x.shape.iter().product::<usize>() as i64])
         }
         "Gather" => {
             let (x, idx) = (input(0)?, input(1)?);
@@ -730,13 +660,7 @@ fn infer_node(
                     .collect::<Option<Vec<_>>>(),
                 _ => None,
             };
-            Ok(vec![(
-                Info {
-                    dtype: x.dtype,
-                    shape,
-                },
-                v,
-            )])
+            Ok(vec![(Info { dtype: x.dtype, shape }, v)])
         }
         "GatherElements" => one(input(0)?.dtype, input(1)?.shape.clone()),
         "Slice" => {
@@ -760,22 +684,15 @@ fn infer_node(
             };
             let r = x.shape.len();
             let axes: Vec<usize> = match axes {
-                Some(a) => a
-                    .iter()
-                    .map(|&a| norm_axis(a, r))
-                    .collect::<Result<_, _>>()?,
+                Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
                 None => (0..starts.len()).collect(),
             };
             let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-            if starts.len() != ends.len()
-                || axes.len() != starts.len()
-                || steps.len() != starts.len()
-            {
+            if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
                 return Err("starts, ends, axes and steps differ in length".into());
             }
             let mut shape = x.shape.clone();
-            let mut ranges: Vec<(i64, i64, i64)> =
-                x.shape.iter().map(|&d| (0, d as i64, 1)).collect();
+            let mut ranges: Vec<(i64, i64, i64)> = x.shape.iter().map(|&d| (0, d as i64, 1)).collect();
             for k in 0..starts.len() {
                 let dim = x.shape[axes[k]] as i64;
                 let step = steps[k];
@@ -786,10 +703,7 @@ fn infer_node(
                 let (s, e) = if step > 0 {
                     (fix(starts[k]).clamp(0, dim), fix(ends[k]).clamp(0, dim))
                 } else {
-                    (
-                        fix(starts[k]).clamp(-1, dim - 1),
-                        fix(ends[k]).clamp(-1, dim - 1),
-                    )
+                    (fix(starts[k]).clamp(-1, dim - 1), fix(ends[k]).clamp(-1, dim - 1))
                 };
                 let len = if step > 0 {
                     (e - s + step - 1).div_euclid(step)
@@ -802,21 +716,11 @@ fn infer_node(
             let v = match vals[0] {
                 Some(data) if r == 1 => {
                     let (s, _, step) = ranges[0];
-                    Some(
-                        (0..shape[0] as i64)
-                            .map(|i| data[(s + i * step) as usize])
-                            .collect(),
-                    )
+                    Some((0..shape[0] as i64).map(|i| data[(s + i * step) as usize]).collect())
                 }
                 _ => None,
             };
-            Ok(vec![(
-                Info {
-                    dtype: x.dtype,
-                    shape,
-                },
-                v,
-            )])
+            Ok(vec![(Info { dtype: x.dtype, shape }, v)])
         }
         "Split" => {
             let x = input(0)?;
@@ -831,34 +735,22 @@ fn infer_node(
             } else {
                 let d = x.shape[axis];
                 let chunk = d.div_ceil(outs.max(1));
-                (0..outs)
-                    .map(|i| chunk.min(d.saturating_sub(i * chunk)))
-                    .collect()
+                (0..outs).map(|i| chunk.min(d.saturating_sub(i * chunk))).collect()
             };
             if split.len() != outs || split.iter().sum::<usize>() != x.shape[axis] {
-                return Err(format!(
-                    "split {split:?} does not cover dimension {}",
-                    x.shape[axis]
-                ));
+                return Err(format!("split {split:?} does not cover dimension {}", x.shape[axis]));
             }
             Ok(split
                 .into_iter()
                 .map(|len| {
                     let mut shape = x.shape.clone();
                     shape[axis] = len;
-                    (
-                        Info {
-                            dtype: x.dtype,
-                            shape,
-                        },
-                        None,
-                    )
+                    (Info { dtype: x.dtype, shape }, None)
                 })
                 .collect())
         }
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
-        | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax"
-        | "ArgMin" => {
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" | "ArgMax" | "ArgMin" => {
             let x = input(0)?;
             let r = x.shape.len();
             let keep = attr_i(n, "keepdims", 1) != 0;
@@ -875,10 +767,7 @@ fn infer_node(
                 attr_ints(n, "axes")
             };
             let axes: Vec<usize> = match axes {
-                Some(a) if !a.is_empty() => a
-                    .iter()
-                    .map(|&a| norm_axis(a, r))
-                    .collect::<Result<_, _>>()?,
+                Some(a) if !a.is_empty() => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
                 _ if attr_i(n, "noop_with_empty_axes", 0) != 0 => vec![],
                 _ => (0..r).collect(),
             };
@@ -907,11 +796,7 @@ fn infer_node(
             }
             one(
                 x.dtype,
-                x.shape
-                    .iter()
-                    .zip(reps)
-                    .map(|(&d, &r)| d * r.max(0) as usize)
-                    .collect(),
+                x.shape.iter().zip(reps).map(|(&d, &r)| d * r.max(0) as usize).collect(),
             )
         }
         "ConstantOfShape" => {
@@ -919,18 +804,13 @@ fn infer_node(
             let (dtype, fill) = match attr(n, "value").and_then(|a| a.t.as_ref()) {
                 Some(t) => {
                     let w = crate::model::weight_from_proto(t)?;
-                    let fill = w
-                        .tensor()
-                        .and_then(|t| t.to_i64_vec())
-                        .and_then(|v| v.first().copied());
+                    let fill = w.tensor().and_then(|t| t.to_i64_vec()).and_then(|v| v.first().copied());
                     (w.dtype, fill)
                 }
                 None => (DType::F32, None),
             };
             let count: usize = shape.iter().product();
-            let v = fill
-                .filter(|_| count <= VALUE_ELEMS_MAX)
-                .map(|f| vec![f; count]);
+            let v = fill.filter(|_| count <= VALUE_ELEMS_MAX).map(|f| vec![f; count]);
             Ok(vec![(Info { dtype, shape }, v)])
         }
         "Range" => {
@@ -958,10 +838,7 @@ fn infer_node(
             };
             let r = x.shape.len();
             let axes: Vec<usize> = match ins.get(3).copied().flatten() {
-                Some(_) => value(3)?
-                    .iter()
-                    .map(|&a| norm_axis(a, r))
-                    .collect::<Result<_, _>>()?,
+                Some(_) => value(3)?.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
                 None => (0..r).collect(),
             };
             if pads.len() != 2 * axes.len() {
@@ -1029,16 +906,8 @@ fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     if a.is_empty() || b.is_empty() {
         return Err("MatMul operands must have rank >= 1".into());
     }
-    let a2: Vec<usize> = if a.len() == 1 {
-        vec![1, a[0]]
-    } else {
-        a.to_vec()
-    };
-    let b2: Vec<usize> = if b.len() == 1 {
-        vec![b[0], 1]
-    } else {
-        b.to_vec()
-    };
+    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, nn) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k != k2 {
@@ -1055,12 +924,7 @@ fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 }
 
 /// Output spatial dims of Conv and pooling ops.
-fn pool_shape(
-    n: &NodeProto,
-    input: &[usize],
-    kernel: &[usize],
-    ceil_mode: bool,
-) -> Result<Vec<usize>, String> {
+fn pool_shape(n: &NodeProto, input: &[usize], kernel: &[usize], ceil_mode: bool) -> Result<Vec<usize>, String> {
     let r = input.len();
     let strides = attr_ints(n, "strides").unwrap_or_else(|| vec![1; r]);
     let dil = attr_ints(n, "dilations").unwrap_or_else(|| vec![1; r]);

@@ -23,18 +23,12 @@ fn splittable(n: &NodeProto, g: &Graph, s: &Shapes) -> Option<Plan> {
     if n.op_type == "Gather" {
         // An embedding table [rows, width] gathered along rows: slice the width.
         let w = g.weights.get(n.input.first()?)?;
-        let axis = n
-            .attribute
-            .iter()
-            .find(|a| a.name == "axis")
-            .map(|a| a.i)
-            .unwrap_or(0);
-        return (w.shape.len() == 2 && axis == 0 && !g.weights.contains_key(n.input.get(1)?))
-            .then_some(Plan {
-                weight_input: 0,
-                weight_axis: 1,
-                concat_axis: -1,
-            });
+        let axis = n.attribute.iter().find(|a| a.name == "axis").map(|a| a.i).unwrap_or(0);
+        return (w.shape.len() == 2 && axis == 0 && !g.weights.contains_key(n.input.get(1)?)).then_some(Plan {
+            weight_input: 0,
+            weight_axis: 1,
+            concat_axis: -1,
+        });
     }
     let w = g.weights.get(n.input.get(1)?)?;
     match n.op_type.as_str() {
@@ -50,8 +44,7 @@ fn splittable(n: &NodeProto, g: &Graph, s: &Shapes) -> Option<Plan> {
                 let cw = g.weights.get(c)?;
                 let cols = w.shape[if trans_b { 0 } else { 1 }];
                 let ok = cw.shape.iter().product::<usize>() == 1
-                    || cw.shape.last() == Some(&cols)
-                        && cw.shape.iter().rev().skip(1).all(|&d| d == 1);
+                    || cw.shape.last() == Some(&cols) && cw.shape.iter().rev().skip(1).all(|&d| d == 1);
                 if !ok {
                     return None;
                 }
@@ -63,12 +56,7 @@ fn splittable(n: &NodeProto, g: &Graph, s: &Shapes) -> Option<Plan> {
             })
         }
         "Conv" => {
-            let group = n
-                .attribute
-                .iter()
-                .find(|a| a.name == "group")
-                .map(|a| a.i)
-                .unwrap_or(1);
+            let group = n.attribute.iter().find(|a| a.name == "group").map(|a| a.i).unwrap_or(1);
             if group != 1
                 || n.input
                     .get(2)
@@ -127,28 +115,18 @@ pub fn split_node(g: &mut Graph, s: &Shapes, idx: usize, k: usize) -> bool {
     for p in 0..k {
         let (start, end) = (p * cols / k, (p + 1) * cols / k);
         let mut node = n.clone();
-        node.name = format!(
-            "{}/split{p}",
-            if n.name.is_empty() { &out } else { &n.name }
-        );
+        node.name = format!("{}/split{p}", if n.name.is_empty() { &out } else { &n.name });
         let wname = format!("{}/split{p}", n.input[plan.weight_input]);
-        g.weights.insert(
-            wname.clone(),
-            slice_weight(&w, plan.weight_axis, start, end),
-        );
+        g.weights
+            .insert(wname.clone(), slice_weight(&w, plan.weight_axis, start, end));
         node.input[plan.weight_input] = wname;
         // A bias that runs along the sliced columns is sliced with them.
-        if let Some(b) = n
-            .input
-            .get(2)
-            .filter(|b| !b.is_empty() && n.op_type != "Gather")
-        {
+        if let Some(b) = n.input.get(2).filter(|b| !b.is_empty() && n.op_type != "Gather") {
             let bw = g.weights[b].clone();
             if bw.shape.iter().product::<usize>() == cols {
                 let bname = format!("{b}/split{p}");
                 let axis = bw.shape.len() - 1;
-                g.weights
-                    .insert(bname.clone(), slice_weight(&bw, axis, start, end));
+                g.weights.insert(bname.clone(), slice_weight(&bw, axis, start, end));
                 node.input[2] = bname;
             }
         }
@@ -171,17 +149,10 @@ pub fn split_node(g: &mut Graph, s: &Shapes, idx: usize, k: usize) -> bool {
         ..Default::default()
     });
     // Drop weights no longer used by any node.
-    let old: Vec<String> = n
-        .input
-        .iter()
-        .filter(|i| g.weights.contains_key(*i))
-        .cloned()
-        .collect();
+    let old: Vec<String> = n.input.iter().filter(|i| g.weights.contains_key(*i)).cloned().collect();
     g.nodes.splice(idx..=idx, new_nodes);
     for name in old {
-        if !g.nodes.iter().any(|x| x.input.contains(&name))
-            && !g.outputs.iter().any(|(o, _)| o == &name)
-        {
+        if !g.nodes.iter().any(|x| x.input.contains(&name)) && !g.outputs.iter().any(|(o, _)| o == &name) {
             g.weights.remove(&name);
         }
     }

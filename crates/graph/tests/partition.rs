@@ -24,11 +24,7 @@ fn llama_70b_partitions_under_12_and_24_gib() {
     );
     for (vram, min_tasks) in [(12 * GIB, 12), (24 * GIB, 6)] {
         let p = partition(&g, &bindings(1, 128), &Options::uniform(vram)).unwrap();
-        assert!(
-            p.tasks.len() >= min_tasks,
-            "{} tasks at {vram}",
-            p.tasks.len()
-        );
+        assert!(p.tasks.len() >= min_tasks, "{} tasks at {vram}", p.tasks.len());
         // Fewest tasks: no plan can use fewer than total weights / budget.
         assert!(
             p.tasks.len() as u64 <= total.div_ceil(vram) + 2,
@@ -41,7 +37,7 @@ fn llama_70b_partitions_under_12_and_24_gib() {
         }
         let covered: usize = p.tasks.iter().map(|t| t.end - t.start).sum();
         assert_eq!(covered, p.graph.nodes.len());
-        let files = plan::build(&p, "llama70b", &bindings(1, 128), false).unwrap();
+        let files = plan::build(&p, "llama70b", &bindings(1, 128), &Options::uniform(vram), false).unwrap();
         files.manifest.validate().unwrap();
         assert_eq!(files.manifest.tasks.len(), p.tasks.len());
     }
@@ -54,9 +50,7 @@ fn lm_head_above_budget_is_split_vertically() {
     let head = g.weights["lm_head"].byte_len();
     let p = partition(&g, &bindings(1, 16), &Options::uniform(head * 3 / 4)).unwrap();
     assert!(
-        p.splits
-            .iter()
-            .any(|(n, parts)| n.contains("MatMul") && *parts >= 2),
+        p.splits.iter().any(|(n, parts)| n.contains("MatMul") && *parts >= 2),
         "splits: {:?}",
         p.splits
     );
@@ -75,10 +69,7 @@ fn impossible_budget_names_the_tensor() {
     let err = partition(&g, &bindings(1, 64), &Options::uniform(300_000)).unwrap_err();
     match &err {
         PartitionError::Activation {
-            tensor,
-            bytes,
-            over,
-            ..
+            tensor, bytes, over, ..
         } => {
             assert_eq!(tensor, "logits");
             assert_eq!(*bytes, 64 * 2048 * 4);
@@ -87,10 +78,7 @@ fn impossible_budget_names_the_tensor() {
         other => panic!("expected an activation error, got {other}"),
     }
     let msg = err.to_string();
-    assert!(
-        msg.contains("exceeds the budget") && msg.contains("by"),
-        "{msg}"
-    );
+    assert!(msg.contains("exceeds the budget") && msg.contains("by"), "{msg}");
 }
 
 #[test]
@@ -121,9 +109,5 @@ fn heterogeneous_capacities_are_honoured() {
     }
     let mut used: Vec<usize> = p.tasks.iter().map(|t| t.placement).collect();
     used.dedup();
-    assert_eq!(
-        used.len(),
-        p.tasks.len(),
-        "one task per node when the nodes suffice"
-    );
+    assert_eq!(used.len(), p.tasks.len(), "one task per node when the nodes suffice");
 }

@@ -9,14 +9,8 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// The tolerance the partitioner promises between split and unsplit runs.
-    pub const PARTITION: Tolerance = Tolerance {
-        rtol: 1e-4,
-        atol: 1e-5,
-    };
-    pub const EXACT: Tolerance = Tolerance {
-        rtol: 0.0,
-        atol: 0.0,
-    };
+    pub const PARTITION: Tolerance = Tolerance { rtol: 1e-4, atol: 1e-5 };
+    pub const EXACT: Tolerance = Tolerance { rtol: 0.0, atol: 0.0 };
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,10 +37,7 @@ pub fn allclose(actual: &Tensor, expected: &Tensor, tol: Tolerance) -> Result<()
         return Err(Mismatch::DType(actual.dtype, expected.dtype));
     }
     if actual.shape != expected.shape {
-        return Err(Mismatch::Shape(
-            actual.shape.clone(),
-            expected.shape.clone(),
-        ));
+        return Err(Mismatch::Shape(actual.shape.clone(), expected.shape.clone()));
     }
     if actual.bytes() == expected.bytes() {
         return Ok(());
@@ -65,11 +56,7 @@ pub fn allclose(actual: &Tensor, expected: &Tensor, tol: Tolerance) -> Result<()
         };
         if !ok {
             count += 1;
-            let diff = if (x - y).is_nan() {
-                f64::INFINITY
-            } else {
-                (x - y).abs()
-            };
+            let diff = if (x - y).is_nan() { f64::INFINITY } else { (x - y).abs() };
             if worst.is_none_or(|(_, w)| diff > w) {
                 worst = Some((i, diff));
             }

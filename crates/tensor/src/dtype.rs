@@ -125,9 +125,7 @@ impl DType {
             "<b1" | "=b1" | "b1" | "?" | "|?" => "|b1",
             other => other,
         };
-        DType::ALL
-            .into_iter()
-            .find(|d| d.npy_descr() == Some(normalised))
+        DType::ALL.into_iter().find(|d| d.npy_descr() == Some(normalised))
     }
 
     pub fn to_safetensors(self) -> safetensors::Dtype {

@@ -44,26 +44,20 @@ pub enum NpyError {
 /// read with a size limit); nothing here allocates more than `bytes.len()`.
 pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
     if bytes.len() < MAGIC.len() + 2 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(
-            if bytes.starts_with(&MAGIC[..bytes.len().min(MAGIC.len())]) {
-                NpyError::Truncated("magic")
-            } else {
-                NpyError::Magic
-            },
-        );
+        return Err(if bytes.starts_with(&MAGIC[..bytes.len().min(MAGIC.len())]) {
+            NpyError::Truncated("magic")
+        } else {
+            NpyError::Magic
+        });
     }
     let (major, minor) = (bytes[6], bytes[7]);
     let (header_len, start) = match major {
         1 => {
-            let b = bytes
-                .get(8..10)
-                .ok_or(NpyError::Truncated("header length"))?;
+            let b = bytes.get(8..10).ok_or(NpyError::Truncated("header length"))?;
             (u16::from_le_bytes([b[0], b[1]]) as usize, 10)
         }
         2 | 3 => {
-            let b = bytes
-                .get(8..12)
-                .ok_or(NpyError::Truncated("header length"))?;
+            let b = bytes.get(8..12).ok_or(NpyError::Truncated("header length"))?;
             (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
         }
         _ => return Err(NpyError::Version(major, minor)),
@@ -74,8 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
     let header = bytes
         .get(start..start + header_len)
         .ok_or(NpyError::Truncated("header"))?;
-    let header = std::str::from_utf8(header)
-        .map_err(|_| NpyError::Header("header is not valid text".into()))?;
+    let header = std::str::from_utf8(header).map_err(|_| NpyError::Header("header is not valid text".into()))?;
     let h = parse_header(header)?;
     let dtype = DType::from_npy_descr(&h.descr).ok_or(NpyError::DType(h.descr.clone()))?;
     if h.fortran_order && h.shape.iter().filter(|&&d| d > 1).count() > 1 {
@@ -96,19 +89,12 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor, NpyError> {
 
 /// Encodes a tensor as an `.npy` file (version 1.0 when the header fits).
 pub fn encode(t: &Tensor) -> Result<Vec<u8>, NpyError> {
-    let descr = t
-        .dtype
-        .npy_descr()
-        .ok_or(NpyError::Unrepresentable(t.dtype))?;
+    let descr = t.dtype.npy_descr().ok_or(NpyError::Unrepresentable(t.dtype))?;
     let shape = match t.shape.len() {
         1 => format!("({},)", t.shape[0]),
         _ => format!(
             "({})",
-            t.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
@@ -168,12 +154,7 @@ fn parse_header(s: &str) -> Result<Header, NpyError> {
                     return Err(bad("fortran_order must be True or False"));
                 })
             }
-            "shape" => {
-                shape = Some(
-                    p.tuple()
-                        .ok_or_else(|| bad("shape must be a tuple of integers"))?,
-                )
-            }
+            "shape" => shape = Some(p.tuple().ok_or_else(|| bad("shape must be a tuple of integers"))?),
             other => return Err(NpyError::Header(format!("unexpected key {other:?}"))),
         }
         p.ws();
@@ -299,7 +280,9 @@ mod tests {
             Err(NpyError::DataLength { .. })
         ));
         let mut huge = good[..10].to_vec();
-        huge.extend_from_slice(b"{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 9999999999), }");
+        huge.extend_from_slice(
+            b"{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 9999999999), }",
+        );
         let n = (huge.len() - 10) as u16;
         huge[8..10].copy_from_slice(&n.to_le_bytes());
         assert!(matches!(decode(&huge), Err(NpyError::Overflow(_))));

@@ -10,10 +10,7 @@ pub enum StError {
     #[error("tensor {name:?} has dtype {dtype:?}, which SplitUp does not carry")]
     DType { name: String, dtype: String },
     #[error("invalid tensor {name:?}: {source}")]
-    Tensor {
-        name: String,
-        source: crate::TensorError,
-    },
+    Tensor { name: String, source: crate::TensorError },
 }
 
 /// Decodes every tensor of a safetensors file. The `safetensors` crate
@@ -27,13 +24,10 @@ pub fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, StError> {
             name: name.clone(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        let t =
-            Tensor::new(dtype, view.shape().to_vec(), view.data().to_vec()).map_err(|source| {
-                StError::Tensor {
-                    name: name.clone(),
-                    source,
-                }
-            })?;
+        let t = Tensor::new(dtype, view.shape().to_vec(), view.data().to_vec()).map_err(|source| StError::Tensor {
+            name: name.clone(),
+            source,
+        })?;
         out.insert(name, t);
     }
     Ok(out)
@@ -45,11 +39,7 @@ pub fn encode(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>, StError> {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let v = safetensors::tensor::TensorView::new(
-                t.dtype.to_safetensors(),
-                t.shape.clone(),
-                t.bytes(),
-            )?;
+            let v = safetensors::tensor::TensorView::new(t.dtype.to_safetensors(), t.shape.clone(), t.bytes())?;
             Ok((n.clone(), v))
         })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
@@ -67,18 +57,12 @@ mod tests {
             "w".to_string(),
             Tensor::from_f32(vec![2, 2], &[1., 2., 3., 4.]).unwrap(),
         );
-        m.insert(
-            "ids".to_string(),
-            Tensor::from_i64(vec![3], &[1, 2, 3]).unwrap(),
-        );
+        m.insert("ids".to_string(), Tensor::from_i64(vec![3], &[1, 2, 3]).unwrap());
         let bytes = encode(&m).unwrap();
         assert_eq!(decode(&bytes).unwrap(), m);
         assert_eq!(encode(&m).unwrap(), bytes, "encoding is deterministic");
         for cut in [0, 7, 8, 20, bytes.len() - 1] {
-            assert!(
-                decode(&bytes[..cut]).is_err(),
-                "truncated at {cut} must fail"
-            );
+            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} must fail");
         }
     }
 }

@@ -24,9 +24,7 @@ pub struct Tensor {
 /// Number of bytes a tensor of this shape and type occupies, or `None` when it
 /// overflows `usize`.
 pub fn byte_len(dtype: DType, shape: &[usize]) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+    shape.iter().try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
 }
 
 impl Tensor {
