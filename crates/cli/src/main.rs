@@ -1,1 +1,188 @@
-fn main() {}
+//! `splitup`: partition ONNX models into memory-bounded tasks and run them.
+//!
+//! The binary is the command-line definition and glue; the logic lives in
+//! the `splitup-graph`, `splitup-tensor` and `splitup-exec` libraries.
+//!
+//! Exit codes: 0 success; 1 the command failed (the message says why);
+//! 2 the command line is invalid; 3 a split run disagreed with the unsplit run.
+
+mod commands;
+mod util;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "splitup",
+    version,
+    about = "Run ML models that are too large for one GPU as a DAG of tasks that each fit.",
+    long_about = "SplitUp partitions an ONNX model into tasks whose weights plus peak activations fit a memory budget, \
+writes them as a portable plan (ONNX graphs + safetensors weights + a JSON manifest, all BLAKE3-addressed), and runs the plan's task DAG.\n\n\
+Start with `splitup demo`.\n\nExit codes: 0 success, 1 failure, 2 invalid command line, 3 split and unsplit outputs disagree."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a transformer, split it into at least 4 tasks, run it split and whole, and compare.
+    Demo(DemoArgs),
+    /// Partition a model into tasks that fit a memory budget and write the plan.
+    Partition(PartitionArgs),
+    /// Run a plan's task DAG on this machine (ready tasks run concurrently).
+    RunPlan(RunPlanArgs),
+    /// Run a whole (unsplit) model on this machine, for comparison.
+    Run(RunArgs),
+    /// Write a generated decoder-only transformer (seeded weights) as an ONNX file.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// An ONNX file, or a generated model: @tiny (8 layers, runnable) or
+    /// @llama-70b (80 layers, hidden 8192, weights described by shape only).
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+    /// Fix a named symbolic dimension, e.g. --dim batch=1 --dim seq=128.
+    #[arg(long = "dim", value_name = "NAME=N", value_parser = util::parse_dim)]
+    pub dims: Vec<(String, usize)>,
+    /// Fix the whole shape of an input whose dims are unnamed, e.g. --shape images=1,3,224,224.
+    #[arg(long = "shape", value_name = "INPUT=D0,D1,...", value_parser = util::parse_shape)]
+    pub shapes: Vec<(String, Vec<usize>)>,
+    /// Replace weights stored as ConstantOfShape (as in ONNX's light/ test models) with seeded random ones.
+    #[arg(long, value_name = "SEED")]
+    pub randomize_weights: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct PartitionArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Memory of every node, e.g. 256MiB, 12GiB.
+    #[arg(long, value_name = "SIZE", value_parser = util::parse_size, required_unless_present = "nodes")]
+    pub vram: Option<u64>,
+    /// Memory of each node of a heterogeneous pool, in pipeline order, e.g. 4GiB,8GiB,8GiB.
+    #[arg(long, value_name = "SIZES", value_parser = util::parse_sizes, conflicts_with = "vram")]
+    pub nodes: Option<Vec<u64>>,
+    /// Runtime overhead added to weights + activations, in percent.
+    #[arg(long, default_value_t = 10, value_name = "PCT")]
+    pub overhead: u64,
+    /// Do not split ops whose weight exceeds the budget into column slices.
+    #[arg(long)]
+    pub no_vertical_split: bool,
+    /// Where to write the plan (created if missing).
+    #[arg(short, long, value_name = "PLAN_DIR", required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
+    /// Print the plan without writing any file.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct RunPlanArgs {
+    /// A directory written by `splitup partition`.
+    #[arg(value_name = "PLAN_DIR")]
+    pub plan: PathBuf,
+    /// An input tensor, e.g. --input input_ids=ids.npy (repeat for each input).
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy", value_parser = util::parse_pair)]
+    pub inputs: Vec<(String, String)>,
+    /// Where to write the outputs, one .npy per model output.
+    #[arg(short, long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
+    /// Most tasks running at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Threads per task session (0: ONNX Runtime's default).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// An input tensor, e.g. --input input_ids=ids.npy (repeat for each input).
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy", value_parser = util::parse_pair)]
+    pub inputs: Vec<(String, String)>,
+    /// Where to write the outputs, one .npy per model output.
+    #[arg(short, long, value_name = "OUT_DIR")]
+    pub output: PathBuf,
+    /// Threads of the session (0: ONNX Runtime's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct TransformerArgs {
+    #[arg(long, default_value_t = 8)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 172)]
+    pub ffn: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_seq: usize,
+    /// Position encoding.
+    #[arg(long, default_value = "rotary", value_parser = ["rotary", "learned"])]
+    pub positions: String,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub shape: TransformerArgs,
+    /// Where to write the model.
+    #[arg(short, long, value_name = "MODEL.onnx")]
+    pub output: PathBuf,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub shape: TransformerArgs,
+    /// Sequence length of the demo input.
+    #[arg(long, default_value_t = 32)]
+    pub seq: usize,
+    /// Split so that at least this many tasks are needed (budget = weights / tasks).
+    #[arg(long, default_value_t = 4)]
+    pub tasks: u64,
+    /// Seed of the input token ids.
+    #[arg(long, default_value_t = 1)]
+    pub input_seed: u64,
+    /// Keep the plan and outputs here (default: a temporary directory, removed after).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => commands::demo(a),
+        Command::Partition(a) => commands::partition(a),
+        Command::RunPlan(a) => commands::run_plan(a),
+        Command::Run(a) => commands::run(a),
+        Command::Generate(a) => commands::generate(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(1);
+        }
+    }
+}

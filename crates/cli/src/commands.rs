@@ -1,0 +1,416 @@
+//! The commands: validated arguments in, library calls, a report out.
+
+use crate::util::{human, read_inputs, write_outputs};
+use crate::{DemoArgs, GenerateArgs, ModelArgs, PartitionArgs, RunArgs, RunPlanArgs, TransformerArgs};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use splitup_exec::runner::{self, Event};
+use splitup_exec::OrtRuntime;
+use splitup_graph::builder::{transformer, Positions, TransformerConfig};
+use splitup_graph::partition::{self, Options};
+use splitup_graph::plan::{self, Manifest, TensorSpec};
+use splitup_graph::shape::Bindings;
+use splitup_graph::{Dim, Graph};
+use splitup_tensor::{allclose, Tensor, Tolerance};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg:12} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn transformer_config(a: &TransformerArgs) -> TransformerConfig {
+    TransformerConfig {
+        layers: a.layers,
+        hidden: a.hidden,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        ffn: a.ffn,
+        vocab: a.vocab,
+        max_seq: a.max_seq,
+        positions: if a.positions == "learned" {
+            Positions::Learned
+        } else {
+            Positions::Rotary
+        },
+        dtype: splitup_tensor::DType::F32,
+        materialise: true,
+        seed: a.seed,
+    }
+}
+
+pub fn load_model(a: &ModelArgs) -> Result<(Graph, Bindings)> {
+    let mut g = match a.model.as_str() {
+        "@tiny" => transformer(&TransformerConfig::tiny()).map_err(anyhow::Error::msg)?,
+        "@llama-70b" => transformer(&TransformerConfig::llama_70b()).map_err(anyhow::Error::msg)?,
+        m if m.starts_with('@') => {
+            bail!("unknown generated model {m:?}; use @tiny or @llama-70b, or a path to an .onnx file")
+        }
+        path => Graph::load_file(std::path::Path::new(path)).with_context(|| format!("cannot load {path}"))?,
+    };
+    if let Some(seed) = a.randomize_weights {
+        let n = splitup_graph::transform::randomize_constant_weights(&mut g, seed);
+        eprintln!("replaced {n} ConstantOfShape weights with seeded random ones (seed {seed})");
+    }
+    let mut b = Bindings::default();
+    b.dims.extend(a.dims.iter().cloned());
+    b.shapes.extend(a.shapes.iter().cloned());
+    // Generated models declare batch and seq; default them so `@llama-70b` just works.
+    if a.model.starts_with('@') {
+        b.dims.entry("batch".into()).or_insert(1);
+        b.dims.entry("seq".into()).or_insert(128);
+    }
+    for name in b.shapes.keys() {
+        if !g.inputs.iter().any(|(n, _)| n == name) {
+            bail!(
+                "--shape {name}: the model has no input {name:?} (inputs: {})",
+                g.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok((g, b))
+}
+
+/// Bytes crossing the boundary after each task: values made at or before
+/// it and used after it, each counted once.
+fn cut_after(m: &Manifest) -> Vec<u64> {
+    let pos: BTreeMap<u64, usize> = m.tasks.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    (0..m.tasks.len())
+        .map(|k| {
+            let mut seen = std::collections::HashSet::new();
+            m.connections
+                .iter()
+                .filter(|c| c.source_task_id != 0 && c.destination_task_id != 0)
+                .filter(|c| pos[&c.source_task_id] <= k && pos[&c.destination_task_id] > k)
+                .filter(|c| seen.insert((c.source_task_id, c.source_output_index)))
+                .map(|c| c.bytes)
+                .sum()
+        })
+        .collect()
+}
+
+pub fn print_plan(m: &Manifest) {
+    let cuts = cut_after(m);
+    let with_nodes = m.tasks.iter().any(|t| t.node.is_some());
+    println!(
+        "{:>5} {:>6} {:>11} {:>11} {:>11} {:>13} {:>12} {:>12}{}",
+        "task",
+        "ops",
+        "weights",
+        "activations",
+        "memory",
+        "compute units",
+        "inputs from",
+        "cut after",
+        if with_nodes { "  node" } else { "" }
+    );
+    for (t, cut) in m.tasks.iter().zip(&cuts) {
+        let deps: Vec<String> = m
+            .connections
+            .iter()
+            .filter(|c| c.destination_task_id == t.id && c.source_task_id != 0)
+            .map(|c| c.source_task_id.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let deps = if deps.is_empty() {
+            "user".to_string()
+        } else {
+            deps.join(",")
+        };
+        let node = t
+            .node
+            .map(|n| format!("  #{n} ({})", human(m.budget.capacities[n])))
+            .unwrap_or_default();
+        println!(
+            "{:>5} {:>6} {:>11} {:>11} {:>11} {:>13} {:>12} {:>12}{node}",
+            t.id,
+            t.ops,
+            human(t.weight_bytes),
+            human(t.activation_bytes),
+            human(t.vram_requirement),
+            t.compute_units,
+            deps,
+            human(*cut)
+        );
+    }
+    let total_cu: u64 = m.tasks.iter().map(|t| t.compute_units).sum();
+    let max_mem = m.tasks.iter().map(|t| t.vram_requirement).max().unwrap_or(0);
+    println!(
+        "{} tasks; largest needs {}; {} compute units; {} passed between tasks per run",
+        m.tasks.len(),
+        human(max_mem),
+        total_cu,
+        human(m.cut_bytes)
+    );
+    for (node, parts) in &m.splits {
+        println!("split vertically: {node} into {parts} column slices joined by a Concat");
+    }
+}
+
+fn partition_options(a: &PartitionArgs) -> Options {
+    let capacities = match (&a.nodes, a.vram) {
+        (Some(n), _) => n.clone(),
+        (None, Some(v)) => vec![v],
+        (None, None) => unreachable!("clap requires --vram or --nodes"),
+    };
+    Options {
+        capacities,
+        overhead_pct: a.overhead,
+        vertical_split: !a.no_vertical_split,
+    }
+}
+
+pub fn partition(a: PartitionArgs) -> Result<i32> {
+    let (g, b) = load_model(&a.model)?;
+    let opts = partition_options(&a);
+    let pb = bar(g.nodes.len() as u64, "partition");
+    let p = partition::partition_with_progress(&g, &b, &opts, &mut |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    });
+    pb.finish_and_clear();
+    let p = match p {
+        Ok(p) => p,
+        Err(e) => {
+            let floor = partition::activation_floor(&g, &b, opts.overhead_pct).ok();
+            let hint = floor
+                .map(|f| {
+                    format!(
+                        "\nthe smallest budget any plan of this model can have is {} ({f} bytes)",
+                        human(f)
+                    )
+                })
+                .unwrap_or_default();
+            bail!("{e}{hint}");
+        }
+    };
+    let write_files = !a.dry_run && g.is_materialised();
+    let name = std::path::Path::new(&a.model.model)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let files = plan::build(&p, name.trim_start_matches('@'), &b, &opts, write_files)?;
+    print_plan(&files.manifest);
+    if let (false, Some(dir)) = (a.dry_run, &a.output) {
+        runner::write_plan(dir, &files)?;
+        if write_files {
+            println!("plan written to {}", dir.display());
+        } else {
+            println!(
+                "weights are described by shape only: wrote {} alone (no task files) to {}",
+                plan::MANIFEST_FILE,
+                dir.display()
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn progress_events(pb: &ProgressBar) -> impl Fn(Event) + Sync + '_ {
+    move |e| {
+        if let Event::Finished(..) = e {
+            pb.inc(1)
+        }
+    }
+}
+
+pub fn run_plan(a: RunPlanArgs) -> Result<i32> {
+    let m = runner::load_manifest(&a.plan)?;
+    let inputs = read_inputs(&a.inputs)?;
+    runner::check_inputs(&m.inputs, &inputs)?;
+    let rt = OrtRuntime::new(a.threads)?;
+    let pb = bar(m.tasks.len() as u64, "load");
+    let mut sessions = runner::prepare_plan(&a.plan, &m, &rt, a.parallel, &|_| pb.inc(1))?;
+    pb.finish_and_clear();
+    let pb = bar(m.tasks.len() as u64, "run");
+    let report = runner::execute(&m, &mut sessions, &inputs, a.parallel, &progress_events(&pb))?;
+    pb.finish_and_clear();
+    for t in &report.tasks {
+        println!(
+            "task {:>4}: {:>9.2} ms, received {} from other tasks",
+            t.id,
+            t.elapsed.as_secs_f64() * 1e3,
+            human(t.bytes_from_tasks)
+        );
+    }
+    println!(
+        "{} tasks in {:.2} ms (up to {} at once); {} passed between tasks",
+        report.tasks.len(),
+        report.elapsed.as_secs_f64() * 1e3,
+        report.max_concurrency,
+        human(report.passed_bytes)
+    );
+    for p in write_outputs(&a.output, &report.outputs)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(0)
+}
+
+/// Input specs of a whole model for the given tensors: declared dtype, and
+/// the given shape, which must agree with every fixed dimension.
+fn model_specs(g: &Graph, inputs: &BTreeMap<String, Tensor>) -> Result<Vec<TensorSpec>> {
+    g.inputs
+        .iter()
+        .map(|(name, vt)| {
+            let t = inputs
+                .get(name)
+                .with_context(|| format!("missing input {name:?} ({})", vt.dtype))?;
+            if let Some(dims) = &vt.dims {
+                let fixed_ok = dims.len() == t.shape.len()
+                    && dims
+                        .iter()
+                        .zip(&t.shape)
+                        .all(|(d, &v)| !matches!(d, Dim::Fixed(f) if *f != v));
+                if !fixed_ok {
+                    bail!(
+                        "input {name:?} has shape {:?}, but the model declares {:?}",
+                        t.shape,
+                        dims
+                    );
+                }
+            }
+            Ok(TensorSpec {
+                name: name.clone(),
+                dimensions: vec![],
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                dtype: vt.dtype.name().into(),
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: RunArgs) -> Result<i32> {
+    let (g, _) = load_model(&a.model)?;
+    if !g.is_materialised() {
+        bail!(
+            "{} has weights described by shape only; it can be partitioned but not run",
+            a.model.model
+        );
+    }
+    let inputs = read_inputs(&a.inputs)?;
+    let specs = model_specs(&g, &inputs)?;
+    let rt = OrtRuntime::new(a.threads)?;
+    let mut session = runner::prepare_model(&g, &rt)?;
+    let t0 = Instant::now();
+    let outputs = runner::run_model(session.as_mut(), &specs, &inputs)?;
+    println!(
+        "ran {} ops in {:.2} ms",
+        g.nodes.len(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    for p in write_outputs(&a.output, &outputs)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(0)
+}
+
+pub fn generate(a: GenerateArgs) -> Result<i32> {
+    let c = transformer_config(&a.shape);
+    let g = transformer(&c).map_err(anyhow::Error::msg)?;
+    use prost::Message;
+    let bytes = g.to_proto(true).encode_to_vec();
+    if bytes.len() as u64 >= splitup_graph::model::MODEL_BYTES_MAX {
+        bail!("a model of {} cannot be one ONNX file (protobuf's 2 GiB limit); partition it directly, e.g. `splitup partition @llama-70b --vram 12GiB --dry-run`", human(bytes.len() as u64));
+    }
+    std::fs::write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!(
+        "wrote {} ({} layers, {} parameters, {})",
+        a.output.display(),
+        c.layers,
+        c.parameters(),
+        human(bytes.len() as u64)
+    );
+    Ok(0)
+}
+
+pub fn demo(a: DemoArgs) -> Result<i32> {
+    let c = transformer_config(&a.shape);
+    if a.seq == 0 || a.seq > c.max_seq {
+        bail!("--seq must be between 1 and --max-seq ({})", c.max_seq);
+    }
+    if a.tasks < 2 {
+        bail!("--tasks must be at least 2");
+    }
+    let g = transformer(&c).map_err(anyhow::Error::msg)?;
+    println!("model: generated transformer, {} layers, hidden {}, {} heads ({} KV), vocabulary {}, {} parameters, {} of weights (seed {})", c.layers, c.hidden, c.heads, c.kv_heads, c.vocab, c.parameters(), human(g.weight_bytes()), c.seed);
+    let mut b = Bindings::default();
+    b.dims.insert("batch".into(), 1);
+    b.dims.insert("seq".into(), a.seq);
+    // A budget of weights / tasks cannot hold the model in fewer tasks.
+    let mut budget = g.weight_bytes() / a.tasks;
+    let floor = partition::activation_floor(&g, &b, 10)?;
+    budget = budget.max(floor);
+    let opts = Options::uniform(budget);
+    let p = partition::partition(&g, &b, &opts)?;
+    let files = plan::build(&p, "demo-transformer", &b, &opts, true)?;
+    println!("budget: {} per node\n", human(budget));
+    print_plan(&files.manifest);
+    let tmp;
+    let dir = match &a.output {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let plan_dir = dir.join("plan");
+    runner::write_plan(&plan_dir, &files)?;
+    let m = runner::load_manifest(&plan_dir)?;
+    let rt = OrtRuntime::new(1)?;
+    let mut sessions = runner::prepare_plan(&plan_dir, &m, &rt, 2, &|_| {})?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.input_seed);
+    let ids: Vec<i64> = (0..a.seq).map(|_| rng.random_range(0..c.vocab as i64)).collect();
+    let inputs: BTreeMap<String, Tensor> = [("input_ids".to_string(), Tensor::from_i64(vec![1, a.seq], &ids)?)].into();
+    println!("\ninput: {} token ids (input seed {})", a.seq, a.input_seed);
+    let report = runner::execute(&m, &mut sessions, &inputs, 4, &|_| {})?;
+    let mut whole = runner::prepare_model(&g, &rt)?;
+    let t0 = Instant::now();
+    let unsplit = runner::run_model(whole.as_mut(), &m.inputs, &inputs)?;
+    let unsplit_time = t0.elapsed();
+    println!(
+        "split run:   {} tasks, {:.2} ms, up to {} at once, {} passed between tasks (planned {})",
+        report.tasks.len(),
+        ms(report.elapsed),
+        report.max_concurrency,
+        human(report.passed_bytes),
+        human(m.cut_bytes)
+    );
+    println!("unsplit run: 1 model,  {:.2} ms", ms(unsplit_time));
+    let mut code = 0;
+    for ((name, split), (_, whole)) in report.outputs.iter().zip(&unsplit) {
+        let (s, w) = (split.to_f64_vec(), whole.to_f64_vec());
+        let max_abs = s.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        match allclose(split, whole, Tolerance::PARTITION) {
+            Ok(()) => println!(
+                "output {name} {:?}: split equals unsplit (max |diff| {max_abs:.2e}, within rtol 1e-4 / atol 1e-5)",
+                split.shape
+            ),
+            Err(e) => {
+                println!("output {name}: split and unsplit DIFFER: {e}");
+                code = 3;
+            }
+        }
+    }
+    if let Some(d) = &a.output {
+        let outs = write_outputs(&d.join("outputs"), &report.outputs)?;
+        println!(
+            "plan in {}, outputs in {}",
+            plan_dir.display(),
+            outs[0].parent().unwrap().display()
+        );
+    }
+    Ok(code)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
