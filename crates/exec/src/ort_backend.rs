@@ -16,13 +16,17 @@ pub const ORT_PIP_SPEC: &str = "onnxruntime==1.31.1";
 /// folder of every Python site-packages a pip install may have used, then
 /// the location Python itself reports.
 pub fn find_onnxruntime() -> Result<PathBuf, ExecError> {
-    let mut searched = Vec::new();
+    let mut searched: Vec<String> = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
-        searched.push(format!("ORT_DYLIB_PATH={} (not a file)", p.display()));
+        // An explicit setting that points nowhere is a mistake to report,
+        // not a hint to ignore.
+        return Err(ExecError::LibraryMissing {
+            searched: format!("ORT_DYLIB_PATH={} is not a file", p.display()),
+        });
     }
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {

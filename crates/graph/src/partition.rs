@@ -300,6 +300,7 @@ pub fn partition_with_progress(
     let mut g = graph.clone();
     let mut shapes = shape::infer(&g, bindings)?;
     let mut splits = Vec::new();
+    check_activations(&g, &shapes, opts)?;
     if opts.vertical_split {
         split_oversized(&mut g, &mut shapes, bindings, opts, &mut splits)?;
     }
@@ -496,8 +497,32 @@ fn single_need(ix: &Index, opts: &Options, k: usize) -> u64 {
     opts.with_overhead(w + a)
 }
 
+/// Memory of node `k` run alone: its weights, inputs and outputs, with overhead.
+fn node_need(g: &Graph, s: &Shapes, k: usize, opts: &Options) -> u64 {
+    let n = &g.nodes[k];
+    let mut seen = std::collections::HashSet::new();
+    let bytes: u64 = n
+        .input
+        .iter()
+        .chain(&n.output)
+        .filter(|v| !v.is_empty() && seen.insert(v.as_str()))
+        .map(|v| {
+            g.weights
+                .get(v)
+                .map(|w| w.byte_len())
+                .or_else(|| s.info.get(v).map(|i| i.bytes()))
+                .unwrap_or(0)
+        })
+        .sum();
+    opts.with_overhead(bytes)
+}
+
+/// Most slices one op is split into.
+pub const SLICES_MAX: usize = 4096;
+
 /// Splits every node whose requirement alone exceeds the budget and can be
-/// split, into as few slices as make each slice fit.
+/// split, into as few slices as make every slice fit (checked on the split
+/// graph, so rounding of uneven slices is accounted for).
 fn split_oversized(
     g: &mut Graph,
     shapes: &mut Shapes,
@@ -505,11 +530,7 @@ fn split_oversized(
     opts: &Options,
     splits: &mut Vec<(String, usize)>,
 ) -> Result<(), PartitionError> {
-    let budget = if opts.heterogeneous() {
-        opts.max_capacity()
-    } else {
-        opts.capacities[0]
-    };
+    let budget = opts.max_capacity();
     let mut k = 0;
     while k < g.nodes.len() {
         let n = &g.nodes[k];
@@ -519,43 +540,89 @@ fn split_oversized(
             .filter_map(|i| g.weights.get(i))
             .map(|w| w.byte_len())
             .sum();
-        let io: u64 = n
+        let need = node_need(g, shapes, k, opts);
+        if need <= budget || weight == 0 || !matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather") {
+            k += 1;
+            continue;
+        }
+        // First guess: the weight and output shared out over what the budget
+        // leaves after the (unsplit) inputs; then grow until every slice fits.
+        let room = (budget as u128 * 100 / (100 + opts.overhead_pct as u128)) as u64;
+        let inputs: u64 = n
             .input
             .iter()
-            .chain(&n.output)
             .filter(|i| !g.weights.contains_key(*i))
             .filter_map(|i| shapes.info.get(i))
             .map(|i| i.bytes())
             .sum();
-        let need = opts.with_overhead(weight + io);
-        if need > budget && weight > 0 && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather") {
-            // Each slice holds the input, 1/parts of the weight and of the output.
-            let input_bytes: u64 = n
-                .input
-                .iter()
-                .filter(|i| !g.weights.contains_key(*i))
-                .filter_map(|i| shapes.info.get(i))
-                .map(|i| i.bytes())
-                .sum();
-            let out_bytes: u64 = n
-                .output
-                .first()
-                .and_then(|o| shapes.info.get(o))
-                .map(|i| i.bytes())
-                .unwrap_or(0);
-            let room = (budget as u128 * 100 / (100 + opts.overhead_pct as u128)) as u64;
-            if room > input_bytes {
-                let parts = (weight + out_bytes).div_ceil(room - input_bytes).max(2) as usize;
-                let label = node_label(n);
-                if crate::split::split_node(g, shapes, k, parts) {
-                    splits.push((label, parts));
-                    *shapes = shape::infer(g, b)?;
-                    k += parts + 1;
-                    continue;
-                }
-            }
+        let out: u64 = n
+            .output
+            .first()
+            .and_then(|o| shapes.info.get(o))
+            .map(|i| i.bytes())
+            .unwrap_or(0);
+        if room <= inputs {
+            k += 1; // the inputs alone do not fit: reported by the activation check
+            continue;
         }
-        k += 1;
+        let label = node_label(n);
+        let mut parts = (weight + out).div_ceil(room - inputs).max(2) as usize;
+        let mut done = None;
+        while parts <= SLICES_MAX {
+            let mut trial = g.clone();
+            let Some(made) = crate::split::split_node(&mut trial, k, parts) else {
+                break;
+            };
+            let trial_shapes = shape::infer(&trial, b)?;
+            if (k..k + made).all(|i| node_need(&trial, &trial_shapes, i, opts) <= budget) || made < parts {
+                done = Some((trial, trial_shapes, made));
+                break;
+            }
+            parts += (parts / 8).max(1);
+        }
+        match done {
+            Some((trial, trial_shapes, made)) => {
+                *g = trial;
+                *shapes = trial_shapes;
+                splits.push((label, made));
+                k += made + 1;
+            }
+            None => k += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Rejects a graph in which some node's activations (inputs and outputs that
+/// are not weights) alone exceed the largest budget: no split can help.
+fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), PartitionError> {
+    let budget = opts.max_capacity();
+    for n in &g.nodes {
+        let acts: Vec<(&String, &crate::shape::Info)> = n
+            .input
+            .iter()
+            .chain(&n.output)
+            .filter(|v| !v.is_empty() && !g.weights.contains_key(*v))
+            .filter_map(|v| s.info.get(v).map(|i| (v, i)))
+            .collect();
+        let need = opts.with_overhead(acts.iter().map(|(_, i)| i.bytes()).sum());
+        if need > budget {
+            let (t, info) = acts
+                .iter()
+                .max_by_key(|(_, i)| i.bytes())
+                .expect("a positive need has a tensor");
+            return Err(PartitionError::Activation {
+                tensor: t.to_string(),
+                shape: info.shape.clone(),
+                dtype: info.dtype.name().into(),
+                bytes: info.bytes(),
+                need,
+                node: node_label(n),
+                op: n.op_type.clone(),
+                budget,
+                over: need - budget,
+            });
+        }
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 
 use crate::model::{Graph, Weight};
 use crate::onnx::{AttributeProto, NodeProto};
-use crate::shape::Shapes;
 use std::sync::Arc;
 
 /// How a node can be split: which input holds the weight and along which
@@ -19,7 +18,7 @@ struct Plan {
     concat_axis: i64,
 }
 
-fn splittable(n: &NodeProto, g: &Graph, s: &Shapes) -> Option<Plan> {
+fn splittable(n: &NodeProto, g: &Graph) -> Option<Plan> {
     if n.op_type == "Gather" {
         // An embedding table [rows, width] gathered along rows: slice the width.
         let w = g.weights.get(n.input.first()?)?;
@@ -64,7 +63,6 @@ fn splittable(n: &NodeProto, g: &Graph, s: &Shapes) -> Option<Plan> {
             {
                 return None;
             }
-            let _ = s;
             Some(Plan {
                 weight_input: 1,
                 weight_axis: 0,
@@ -96,18 +94,17 @@ fn slice_weight(w: &Weight, axis: usize, start: usize, end: usize) -> Weight {
     }
 }
 
-/// Splits node `idx` into `k` column slices plus a Concat. Returns false if
-/// the node cannot be split that way.
-pub fn split_node(g: &mut Graph, s: &Shapes, idx: usize, k: usize) -> bool {
+/// Splits node `idx` into `k` column slices (fewer if it has fewer columns)
+/// plus a Concat. Returns the number of slices, or `None` if the node cannot
+/// be split.
+pub fn split_node(g: &mut Graph, idx: usize, k: usize) -> Option<usize> {
     let n = g.nodes[idx].clone();
-    let Some(plan) = splittable(&n, g, s) else {
-        return false;
-    };
+    let plan = splittable(&n, g)?;
     let w = g.weights[&n.input[plan.weight_input]].clone();
     let cols = w.shape[plan.weight_axis];
     let k = k.min(cols);
     if k < 2 {
-        return false;
+        return None;
     }
     let out = n.output[0].clone();
     let mut new_nodes = Vec::with_capacity(k + 1);
@@ -156,5 +153,5 @@ pub fn split_node(g: &mut Graph, s: &Shapes, idx: usize, k: usize) -> bool {
             g.weights.remove(&name);
         }
     }
-    true
+    Some(k)
 }
