@@ -32,7 +32,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = value * mult;
-    if !(bytes >= 1.0 && bytes < 1.8e19) {
+    if !(1.0..1.8e19).contains(&bytes) {
         return Err(format!("size {s:?} must be at least one byte"));
     }
     Ok(bytes as u64)

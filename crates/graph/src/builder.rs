@@ -243,13 +243,13 @@ impl TransformerConfig {
         {
             return Err("every size must be positive".into());
         }
-        if self.hidden % self.heads != 0 || self.heads % self.kv_heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "hidden {} must divide by heads {}, and heads by kv_heads {}",
                 self.hidden, self.heads, self.kv_heads
             ));
         }
-        if self.positions == Positions::Rotary && self.head_dim() % 2 != 0 {
+        if self.positions == Positions::Rotary && !self.head_dim().is_multiple_of(2) {
             return Err("rotary positions need an even head dimension".into());
         }
         if !self.dtype.is_float() {

@@ -367,16 +367,14 @@ fn place_pipeline(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, us
     // score[j][k]: best plan covering nodes ..j using machines ..k.
     let mut score: Vec<Vec<Option<Score>>> = vec![vec![None; m + 1]; n + 1];
     let mut back: Vec<Vec<Option<(Segment, usize)>>> = vec![vec![None; m + 1]; n + 1];
-    for k in 0..=m {
-        score[0][k] = Some((0, 0, 0));
-    }
+    score[0].fill(Some((0, 0, 0)));
     segs.sort_by_key(|s| s.start);
     for k in 1..=m {
         let cap = opts.capacities[k - 1];
         // Machine k may stay unused: carry the plans of machines ..k-1
         // (a `None` back-pointer means "look at machine k-1").
-        for j in 0..=n {
-            score[j][k] = score[j][k - 1];
+        for row in score.iter_mut() {
+            row[k] = row[k - 1];
         }
         for seg in segs.iter().filter(|s| s.vram <= cap) {
             let Some(base) = score[seg.start][k - 1] else {

@@ -508,7 +508,7 @@ fn infer_node(
             let mut shape = first.shape.clone();
             let mut all = Vec::new();
             let mut have_values = true;
-            for i in 0..ins.len() {
+            for (i, val) in vals.iter().enumerate() {
                 let x = input(i)?;
                 if x.shape.len() != shape.len() {
                     return Err("Concat inputs differ in rank".into());
@@ -516,8 +516,8 @@ fn infer_node(
                 if i > 0 {
                     shape[axis] += x.shape[axis];
                 }
-                match vals[i] {
-                    Some(v) if have_values => all.extend(v),
+                match val {
+                    Some(v) if have_values => all.extend(v.iter()),
                     _ => have_values = false,
                 }
             }
@@ -566,7 +566,7 @@ fn infer_node(
             }
             let known: usize = shape.iter().product();
             if let Some(i) = infer_at {
-                if known == 0 || total % known != 0 {
+                if known == 0 || !total.is_multiple_of(known) {
                     return Err(format!("cannot reshape {:?} into {target:?}", x.shape));
                 }
                 shape[i] = total / known;

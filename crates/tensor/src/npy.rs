@@ -258,7 +258,7 @@ mod tests {
     fn roundtrip_and_numpy_header() {
         let t = Tensor::from_f32(vec![2, 3], &[1., 2., 3., 4., 5., 6.]).unwrap();
         let bytes = encode(&t).unwrap();
-        assert_eq!(bytes.len() % 64, 24 % 64);
+        assert_eq!(bytes.len() % 64, 24);
         assert!(std::str::from_utf8(&bytes[10..74])
             .unwrap()
             .starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
