@@ -80,6 +80,9 @@ pub fn task_model(dir: &Path, t: &TaskInfo) -> Result<Vec<u8>, RunError> {
     Ok(plan::assemble_task(t, &read(&t.graph)?, &read(&t.weights)?)?)
 }
 
+/// One loader thread's result for one task.
+type Slot = std::sync::Mutex<Option<Result<Box<dyn Session>, RunError>>>;
+
 /// Loads every task of a plan into a session, `parallel` tasks at a time.
 pub fn prepare_plan(
     dir: &Path,
@@ -89,8 +92,7 @@ pub fn prepare_plan(
     on_loaded: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<Box<dyn Session>>, RunError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<Box<dyn Session>, RunError>>>> =
-        m.tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<Slot> = m.tasks.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1).min(m.tasks.len()) {
             s.spawn(|| loop {
