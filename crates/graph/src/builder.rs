@@ -121,6 +121,19 @@ impl Builder {
         name.into()
     }
 
+    pub fn const_i64_scalar(&mut self, name: &str, value: i64) -> String {
+        let data = value.to_le_bytes().to_vec();
+        self.graph.weights.insert(
+            name.into(),
+            Weight {
+                dtype: DType::I64,
+                shape: vec![],
+                data: Some(Arc::new(data)),
+            },
+        );
+        name.into()
+    }
+
     pub fn const_f(&mut self, name: &str, dtype: DType, shape: Vec<usize>, values: &[f32]) -> String {
         let data = encode_floats(dtype, values.iter().copied());
         self.graph.weights.insert(
@@ -286,15 +299,18 @@ pub fn transformer(c: &TransformerConfig) -> Result<Graph, String> {
     let mut x = b.op("Gather", &[&emb, &ids], vec![]);
     let seq_len = b.op("Shape", &[&ids], vec![attr_int("start", 1), attr_int("end", 2)]);
     let zero = b.const_i64("const/zero1", &[0]);
-    let zero2 = b.const_i64("const/zero2", &[0, 0]);
-    let axes01 = b.const_i64("const/axes01", &[0, 1]);
-    let ends2 = b.op("Concat", &[&seq_len, &seq_len], vec![attr_int("axis", 0)]);
-    // Causal mask table: 0 on and below the diagonal, -1e9 above.
-    let mask_vals: Vec<f32> = (0..c.max_seq * c.max_seq)
-        .map(|i| if i % c.max_seq > i / c.max_seq { -1e9 } else { 0.0 })
-        .collect();
-    let mask_table = b.const_f("const/causal_mask", dt, vec![c.max_seq, c.max_seq], &mask_vals);
-    let mask = b.op("Slice", &[&mask_table, &zero2, &ends2, &axes01], vec![]);
+    // Causal mask, computed for the actual length: 0 where key <= query, -1e9 above.
+    let seq_scalar = b.op("Squeeze", &[&seq_len, &zero], vec![]);
+    let start = b.const_i64_scalar("const/range_start", 0);
+    let step = b.const_i64_scalar("const/range_step", 1);
+    let pos = b.op("Range", &[&start, &seq_scalar, &step], vec![]);
+    let one = b.const_i64("const/axis1", &[1]);
+    let rows = b.op("Unsqueeze", &[&pos, &one], vec![]);
+    let cols = b.op("Unsqueeze", &[&pos, &zero], vec![]);
+    let future = b.op("Greater", &[&cols, &rows], vec![]);
+    let neg = b.const_f("const/mask_neg", dt, vec![], &[-1e9]);
+    let zero_f = b.const_f("const/mask_zero", dt, vec![], &[0.0]);
+    let mask = b.op("Where", &[&future, &neg, &zero_f], vec![]);
     let (mut cos, mut sin) = (String::new(), String::new());
     match c.positions {
         Positions::Learned => {
