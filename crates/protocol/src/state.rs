@@ -1,0 +1,1468 @@
+//! The ledger state and its transitions.
+//!
+//! Every handler validates everything before it mutates anything, so a
+//! rejected instruction leaves the state exactly as it was (asserted by the
+//! property tests). Time (`now`) and randomness (the [`Beacon`]) are arguments.
+
+use crate::crypto::{verify_signature, Beacon, Pubkey, VrfProof};
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: Micro,
+    pub nonce: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Active,
+    Unresponsive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub vram: u64,
+    /// Total staked, including any amount waiting out its unstake lockup.
+    pub stake: Micro,
+    pub unstaking: Option<(Micro, Millis)>,
+    pub supports: BTreeSet<(u64, u32)>,
+    pub last_heartbeat: Millis,
+    pub status: NodeStatus,
+    /// Tasks and validations currently held.
+    pub load: u32,
+    pub disputes: u32,
+    pub suspect: bool,
+    pub liveness_votes: BTreeMap<Pubkey, bool>,
+    pub slashed_total: Micro,
+    pub earned_total: Micro,
+}
+
+impl Node {
+    pub fn free_stake(&self) -> Micro {
+        self.stake - self.unstaking.map(|u| u.0).unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub owner: Pubkey,
+    pub def: ModelDef,
+    pub active: bool,
+    /// Per task (0-based): the tasks (1-based) it reads from.
+    pub upstream: Vec<Vec<u32>>,
+    pub downstream: Vec<Vec<u32>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Waiting for upstream results.
+    Pending,
+    /// Inputs exist; no node holds it.
+    Ready,
+    Assigned,
+    /// Result committed and challenged: a validator re-executes.
+    Challenged,
+    /// Asserter and validator disagree (or no validator answered): the committee decides.
+    Disputed,
+    Completed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub status: TaskStatus,
+    pub node: Option<Pubkey>,
+    pub attempts: u32,
+    /// Timeouts of this task so far: each doubles its timeout.
+    pub failures: u32,
+    pub deadline: Millis,
+    pub commitment: Option<[u8; 32]>,
+    pub output_uris: Vec<String>,
+    pub draw: Option<VrfProof>,
+    pub challenged: bool,
+    pub validator: Option<Pubkey>,
+    pub validator_commitment: Option<[u8; 32]>,
+    pub validator_attempts: u32,
+    pub votes: BTreeMap<Pubkey, bool>,
+    /// Nodes that failed or cheated on this task: not assigned it again.
+    pub excluded: Vec<Pubkey>,
+    /// Already paid from escrow (so an invalidation refunds from the treasury).
+    pub paid: bool,
+    pub outcome: Option<String>,
+    /// While Ready with no eligible node: when the execution gives up.
+    pub ready_deadline: Option<Millis>,
+}
+
+impl TaskRun {
+    fn new() -> TaskRun {
+        TaskRun {
+            status: TaskStatus::Pending,
+            node: None,
+            attempts: 0,
+            failures: 0,
+            deadline: 0,
+            commitment: None,
+            output_uris: vec![],
+            draw: None,
+            challenged: false,
+            validator: None,
+            validator_commitment: None,
+            validator_attempts: 0,
+            votes: BTreeMap::new(),
+            excluded: vec![],
+            paid: false,
+            outcome: None,
+            ready_deadline: None,
+        }
+    }
+    /// Its output can feed downstream tasks (optimistically while challenged).
+    fn has_output(&self) -> bool {
+        matches!(
+            self.status,
+            TaskStatus::Completed | TaskStatus::Challenged | TaskStatus::Disputed
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecStatus {
+    InProgress,
+    Completed,
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub model: u64,
+    pub user: Pubkey,
+    pub priority: u64,
+    pub input_commitment: [u8; 32],
+    pub escrow: Micro,
+    pub status: ExecStatus,
+    pub tasks: Vec<TaskRun>,
+    pub submitted_at: Millis,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Genesis {
+    pub params: Params,
+    pub mint_authority: Pubkey,
+    pub committee: [Pubkey; 3],
+    pub beacon: Pubkey,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ledger {
+    pub params: Params,
+    pub mint_authority: Pubkey,
+    pub committee: [Pubkey; 3],
+    pub beacon: Pubkey,
+    pub accounts: BTreeMap<Pubkey, Account>,
+    pub nodes: BTreeMap<Pubkey, Node>,
+    pub models: BTreeMap<u64, Model>,
+    pub executions: BTreeMap<u64, Execution>,
+    pub active: BTreeSet<u64>,
+    /// Nodes supporting each (model, task): the candidates for assignment.
+    pub candidates: BTreeMap<(u64, u32), Vec<Pubkey>>,
+    pub supply: Micro,
+    pub treasury: Micro,
+    pub next_model: u64,
+    pub next_execution: u64,
+    /// The hash chain of the ledger (advanced by every accepted instruction
+    /// and every tick): the recent block hash in VRF inputs.
+    pub blockhash: [u8; 32],
+    pub instructions: u64,
+    #[serde(skip)]
+    pub events: Vec<Event>,
+}
+
+fn err_unknown(kind: &'static str, id: impl ToString) -> ProtocolError {
+    ProtocolError::Unknown {
+        kind,
+        id: id.to_string(),
+    }
+}
+
+fn add(a: Micro, b: Micro) -> Result<Micro, ProtocolError> {
+    a.checked_add(b).ok_or(ProtocolError::Overflow)
+}
+
+/// p(1 − r)(R + S) > C, exactly, in integers.
+pub fn security_holds(p: &Params, cost: Micro, slashable: Micro) -> bool {
+    let reward = cost as u128 * p.verification_reward_pct as u128 / 100;
+    let lhs = p.challenge_ppm as u128 * (PPM - p.collusion_ppm.min(PPM)) as u128 * (reward + slashable as u128);
+    lhs > cost as u128 * PPM as u128 * PPM as u128
+}
+
+impl Ledger {
+    /// Creates the ledger, refusing parameters for which the security
+    /// condition fails for some task cost up to `task_cost_max`.
+    pub fn genesis(g: Genesis) -> Result<Ledger, ProtocolError> {
+        let p = &g.params;
+        if p.challenge_ppm > PPM || p.collusion_ppm >= PPM || p.slash_multiplier == 0 || p.task_cost_max == 0 {
+            return Err(ProtocolError::Invalid(
+                "p must be <= 1, r < 1, and the slash multiplier and largest task cost positive".into(),
+            ));
+        }
+        // The margin p(1-r)(R+S) - C is linear in C on each side of
+        // slash_min / multiplier, so checking the two ends decides every cost.
+        let knee = (p.slash_min / p.slash_multiplier).clamp(1, p.task_cost_max);
+        for cost in [knee, p.task_cost_max] {
+            let s = (cost.saturating_mul(p.slash_multiplier)).max(p.slash_min);
+            if !security_holds(p, cost, s) {
+                let (pf, rf) = (p.challenge_ppm as f64 / 1e6, p.collusion_ppm as f64 / 1e6);
+                let reward = cost as f64 * p.verification_reward_pct as f64 / 100.0;
+                let need = cost as f64 / ((1.0 - rf) * (reward + s as f64));
+                return Err(ProtocolError::Insecure(format!(
+                    "at task cost C = {:.6} USDC: p = {pf}, r = {rf}, R = {:.6} USDC, S = {:.6} USDC gives p(1-r)(R+S) = {:.6} <= C; p must exceed {need:.6} (or raise the slash, or lower task_cost_max)",
+                    cost as f64 / 1e6,
+                    reward / 1e6,
+                    s as f64 / 1e6,
+                    pf * (1.0 - rf) * (reward + s as f64) / 1e6
+                )));
+            }
+        }
+        let mut blockhash = [0u8; 32];
+        blockhash.copy_from_slice(blake3::hash(&serde_json::to_vec(&g).expect("genesis serialises")).as_bytes());
+        Ok(Ledger {
+            params: g.params,
+            mint_authority: g.mint_authority,
+            committee: g.committee,
+            beacon: g.beacon,
+            accounts: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            models: BTreeMap::new(),
+            executions: BTreeMap::new(),
+            active: BTreeSet::new(),
+            candidates: BTreeMap::new(),
+            supply: 0,
+            treasury: 0,
+            next_model: 1,
+            next_execution: 1,
+            blockhash,
+            instructions: 0,
+            events: Vec::new(),
+        })
+    }
+
+    /// Drains the events produced since the last call.
+    pub fn poll_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Money everywhere; must always equal `supply`.
+    pub fn money_total(&self) -> u128 {
+        self.accounts.values().map(|a| a.balance as u128).sum::<u128>()
+            + self.nodes.values().map(|n| n.stake as u128).sum::<u128>()
+            + self.executions.values().map(|e| e.escrow as u128).sum::<u128>()
+            + self.treasury as u128
+    }
+
+    pub fn balance(&self, k: &Pubkey) -> Micro {
+        self.accounts.get(k).map(|a| a.balance).unwrap_or(0)
+    }
+
+    pub fn stake_required(&self, vram: u64) -> Micro {
+        self.params
+            .stake_base
+            .saturating_add(self.params.stake_per_gb.saturating_mul(vram.div_ceil(GB)))
+    }
+
+    pub fn task_cost(&self, t: &TaskDef) -> Micro {
+        t.compute_units
+            .saturating_mul(self.params.fee_per_cu)
+            .saturating_add(self.params.fee_per_gb.saturating_mul(t.vram).div_ceil(GB))
+    }
+
+    pub fn slash_amount(&self, cost: Micro, node: &Node) -> Micro {
+        cost.saturating_mul(self.params.slash_multiplier)
+            .max(self.params.slash_min)
+            .min(node.stake)
+    }
+
+    pub fn timeout(&self, t: &TaskDef, failures: u32) -> Millis {
+        let base = self
+            .params
+            .task_timeout_min_ms
+            .max(self.params.task_timeout_per_100cu_ms.saturating_mul(t.compute_units) / 100);
+        base.saturating_mul(1u64 << failures.min(16))
+    }
+
+    fn advance_hash(&mut self, data: &[u8]) {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.blockhash);
+        h.update(data);
+        self.blockhash = *h.finalize().as_bytes();
+    }
+
+    /// Verifies the signature, then applies. The only entry point for
+    /// instructions from the network.
+    pub fn submit(&mut self, tx: &SignedTx, now: Millis, beacon: &dyn Beacon) -> Result<(), ProtocolError> {
+        if !verify_signature(
+            &tx.signer,
+            &SignedTx::message(&tx.signer, tx.nonce, &tx.ix),
+            &tx.signature,
+        ) {
+            return Err(ProtocolError::BadSignature);
+        }
+        self.apply_verified(tx.signer, tx.nonce, &tx.ix, now, beacon)
+    }
+
+    /// Applies an instruction whose signature the caller has verified (the
+    /// simulator drives the rules at scale through this; `submit` is the
+    /// path for anything from outside).
+    pub fn apply_verified(
+        &mut self,
+        signer: Pubkey,
+        nonce: u64,
+        ix: &Instruction,
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        let expected = self.accounts.get(&signer).map(|a| a.nonce).unwrap_or(0);
+        if nonce != expected {
+            return Err(ProtocolError::BadNonce { expected, got: nonce });
+        }
+        self.dispatch(signer, ix, now, beacon)?;
+        self.accounts.entry(signer).or_default().nonce = expected + 1;
+        self.instructions += 1;
+        self.advance_hash(&nonce.to_le_bytes());
+        self.advance_hash(&signer.0);
+        Ok(())
+    }
+
+    fn dispatch(
+        &mut self,
+        signer: Pubkey,
+        ix: &Instruction,
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        match ix {
+            Instruction::Mint { to, amount } => {
+                if signer != self.mint_authority {
+                    return Err(ProtocolError::Unauthorized("only the mint authority mints".into()));
+                }
+                let supply = add(self.supply, *amount)?;
+                let bal = add(self.balance(to), *amount)?;
+                self.supply = supply;
+                self.accounts.entry(*to).or_default().balance = bal;
+                Ok(())
+            }
+            Instruction::Transfer { to, amount } => {
+                let have = self.balance(&signer);
+                if have < *amount {
+                    return Err(ProtocolError::InsufficientBalance {
+                        needed: *amount,
+                        available: have,
+                    });
+                }
+                if *to != signer {
+                    let to_bal = add(self.balance(to), *amount)?;
+                    self.accounts.entry(signer).or_default().balance = have - amount;
+                    self.accounts.entry(*to).or_default().balance = to_bal;
+                }
+                Ok(())
+            }
+            Instruction::RegisterModel(def) => self.register_model(signer, def),
+            Instruction::DeactivateModel { model } => {
+                let m = self.models.get_mut(model).ok_or_else(|| err_unknown("model", model))?;
+                if m.owner != signer {
+                    return Err(ProtocolError::Unauthorized(
+                        "only the model's owner deactivates it".into(),
+                    ));
+                }
+                m.active = false;
+                Ok(())
+            }
+            Instruction::RegisterNode { vram, supports } => self.register_node(signer, *vram, supports, now),
+            Instruction::Stake { amount } => {
+                let have = self.balance(&signer);
+                let node = self
+                    .nodes
+                    .get(&signer)
+                    .ok_or_else(|| err_unknown("node", signer.short()))?;
+                if have < *amount {
+                    return Err(ProtocolError::InsufficientBalance {
+                        needed: *amount,
+                        available: have,
+                    });
+                }
+                let stake = add(node.stake, *amount)?;
+                self.accounts.entry(signer).or_default().balance = have - amount;
+                self.nodes.get_mut(&signer).unwrap().stake = stake;
+                Ok(())
+            }
+            Instruction::RequestUnstake { amount } => {
+                let node = self
+                    .nodes
+                    .get(&signer)
+                    .ok_or_else(|| err_unknown("node", signer.short()))?;
+                if node.unstaking.is_some() {
+                    return Err(ProtocolError::Locked(
+                        "an unstake is already waiting out its lockup".into(),
+                    ));
+                }
+                if *amount == 0 || *amount > node.stake {
+                    return Err(ProtocolError::InsufficientStake(format!(
+                        "cannot unstake {amount} of a stake of {}",
+                        node.stake
+                    )));
+                }
+                let unlock = now
+                    .checked_add(self.params.unstake_lockup_ms)
+                    .ok_or(ProtocolError::Overflow)?;
+                self.nodes.get_mut(&signer).unwrap().unstaking = Some((*amount, unlock));
+                Ok(())
+            }
+            Instruction::Withdraw => {
+                let node = self
+                    .nodes
+                    .get(&signer)
+                    .ok_or_else(|| err_unknown("node", signer.short()))?;
+                let Some((amount, unlock)) = node.unstaking else {
+                    return Err(ProtocolError::Invalid("nothing is unstaking".into()));
+                };
+                if now < unlock {
+                    return Err(ProtocolError::Locked(format!(
+                        "the lockup ends at {unlock} ms, now is {now} ms"
+                    )));
+                }
+                if node.load > 0 || node.disputes > 0 {
+                    return Err(ProtocolError::Locked(format!(
+                        "the node holds {} tasks and {} disputes",
+                        node.load, node.disputes
+                    )));
+                }
+                let amount = amount.min(node.stake);
+                let bal = add(self.balance(&signer), amount)?;
+                let n = self.nodes.get_mut(&signer).unwrap();
+                n.stake -= amount;
+                n.unstaking = None;
+                self.accounts.entry(signer).or_default().balance = bal;
+                Ok(())
+            }
+            Instruction::Heartbeat => {
+                let n = self
+                    .nodes
+                    .get_mut(&signer)
+                    .ok_or_else(|| err_unknown("node", signer.short()))?;
+                n.last_heartbeat = now;
+                n.suspect = false;
+                n.liveness_votes.clear();
+                n.status = NodeStatus::Active;
+                Ok(())
+            }
+            Instruction::SubmitExecution {
+                model,
+                priority,
+                input_commitment,
+            } => self.submit_execution(signer, *model, *priority, *input_commitment, now, beacon),
+            Instruction::SubmitResult {
+                execution,
+                task,
+                commitment,
+                output_uris,
+            } => self.submit_result(signer, *execution, *task, *commitment, output_uris, now, beacon),
+            Instruction::SubmitValidation {
+                execution,
+                task,
+                commitment,
+            } => self.submit_validation(signer, *execution, *task, *commitment, now, beacon),
+            Instruction::LivenessVote { node, unresponsive } => {
+                self.liveness_vote(signer, *node, *unresponsive, now, beacon)
+            }
+            Instruction::DisputeVote {
+                execution,
+                task,
+                asserter_honest,
+            } => self.dispute_vote(signer, *execution, *task, *asserter_honest, now, beacon),
+        }
+    }
+
+    fn register_model(&mut self, signer: Pubkey, def: &ModelDef) -> Result<(), ProtocolError> {
+        let bad = |m: String| Err(ProtocolError::InvalidModel(m));
+        let n = def.tasks.len();
+        if n == 0 || n > self.params.tasks_per_model_max {
+            return bad(format!(
+                "a model needs 1 to {} tasks, not {n}",
+                self.params.tasks_per_model_max
+            ));
+        }
+        for (i, t) in def.tasks.iter().enumerate() {
+            let cost = self.task_cost(t);
+            if cost > self.params.task_cost_max {
+                return bad(format!(
+                    "task {} costs {cost} micro-USDC, above the network's largest secure task cost {}",
+                    i + 1,
+                    self.params.task_cost_max
+                ));
+            }
+        }
+        // Every task input and every model output is fed exactly once, by an
+        // existing end whose spec matches; edges go from lower to higher ids
+        // (so the DAG is acyclic by construction).
+        let mut fed: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+        let mut upstream = vec![Vec::new(); n];
+        let mut downstream = vec![Vec::new(); n];
+        for c in &def.connections {
+            let src = if c.source_task == 0 {
+                def.inputs.get(c.source_output as usize)
+            } else {
+                def.tasks
+                    .get(c.source_task as usize - 1)
+                    .and_then(|t| t.outputs.get(c.source_output as usize))
+            };
+            let dst = if c.destination_task == 0 {
+                def.outputs.get(c.dest_input as usize)
+            } else {
+                def.tasks
+                    .get(c.destination_task as usize - 1)
+                    .and_then(|t| t.inputs.get(c.dest_input as usize))
+            };
+            let (Some(src), Some(dst)) = (src, dst) else {
+                return bad(format!(
+                    "connection {} -> {} refers to a missing task or tensor",
+                    c.source_task, c.destination_task
+                ));
+            };
+            if src.shape != dst.shape || src.dtype != dst.dtype {
+                return bad(format!(
+                    "connection {} -> {}: {:?} {:?} does not match {:?} {:?}",
+                    c.source_task, c.destination_task, src.dtype, src.shape, dst.dtype, dst.shape
+                ));
+            }
+            if c.source_task != 0 && c.destination_task != 0 {
+                if c.source_task >= c.destination_task {
+                    return bad(format!(
+                        "connection {} -> {} goes backwards: tasks must be numbered in topological order (no cycles)",
+                        c.source_task, c.destination_task
+                    ));
+                }
+                let d = c.destination_task as usize - 1;
+                if !upstream[d].contains(&c.source_task) {
+                    upstream[d].push(c.source_task);
+                    downstream[c.source_task as usize - 1].push(c.destination_task);
+                }
+            }
+            *fed.entry((c.destination_task, c.dest_input)).or_default() += 1;
+        }
+        for (i, t) in def.tasks.iter().enumerate() {
+            for k in 0..t.inputs.len() {
+                match fed.get(&(i as u32 + 1, k as u32)) {
+                    Some(1) => {}
+                    Some(x) => return bad(format!("task {} input {k} is fed {x} times", i + 1)),
+                    None => return bad(format!("task {} input {k} ({}) is never fed", i + 1, t.inputs[k].name)),
+                }
+            }
+        }
+        for k in 0..def.outputs.len() {
+            if fed.get(&(0, k as u32)) != Some(&1) {
+                return bad(format!("model output {k} is not produced exactly once"));
+            }
+        }
+        let id = self.next_model;
+        self.next_model += 1;
+        self.models.insert(
+            id,
+            Model {
+                owner: signer,
+                def: def.clone(),
+                active: true,
+                upstream,
+                downstream,
+            },
+        );
+        self.events.push(Event::ModelRegistered { model: id });
+        Ok(())
+    }
+
+    fn register_node(
+        &mut self,
+        signer: Pubkey,
+        vram: u64,
+        supports: &[(u64, u32)],
+        now: Millis,
+    ) -> Result<(), ProtocolError> {
+        if supports.len() > self.params.supported_interfaces_max {
+            return Err(ProtocolError::Invalid(format!(
+                "at most {} supported tasks",
+                self.params.supported_interfaces_max
+            )));
+        }
+        for (m, t) in supports {
+            let model = self.models.get(m).ok_or_else(|| err_unknown("model", m))?;
+            if *t == 0 || *t as usize > model.def.tasks.len() {
+                return Err(err_unknown("task", format!("{m}/{t}")));
+            }
+        }
+        let old: Vec<(u64, u32)> = self
+            .nodes
+            .get(&signer)
+            .map(|n| n.supports.iter().copied().collect())
+            .unwrap_or_default();
+        for key in old {
+            if let Some(v) = self.candidates.get_mut(&key) {
+                v.retain(|k| *k != signer);
+            }
+        }
+        let set: BTreeSet<(u64, u32)> = supports.iter().copied().collect();
+        for key in &set {
+            let v = self.candidates.entry(*key).or_default();
+            if let Err(at) = v.binary_search(&signer) {
+                v.insert(at, signer);
+            }
+        }
+        let node = self.nodes.entry(signer).or_insert_with(|| Node {
+            vram,
+            stake: 0,
+            unstaking: None,
+            supports: BTreeSet::new(),
+            last_heartbeat: now,
+            status: NodeStatus::Active,
+            load: 0,
+            disputes: 0,
+            suspect: false,
+            liveness_votes: BTreeMap::new(),
+            slashed_total: 0,
+            earned_total: 0,
+        });
+        node.vram = vram;
+        node.supports = set;
+        node.last_heartbeat = now;
+        Ok(())
+    }
+
+    fn submit_execution(
+        &mut self,
+        user: Pubkey,
+        model_id: u64,
+        priority: u64,
+        input: [u8; 32],
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        let model = self
+            .models
+            .get(&model_id)
+            .ok_or_else(|| err_unknown("model", model_id))?;
+        if !model.active {
+            return Err(ProtocolError::Invalid(format!("model {model_id} is deactivated")));
+        }
+        let mut escrow: Micro = 0;
+        for t in &model.def.tasks {
+            let c = self.task_cost(t);
+            escrow = add(
+                escrow,
+                add(c, c.saturating_mul(self.params.verification_reward_pct) / 100)?,
+            )?;
+        }
+        let prio = priority
+            .saturating_mul(self.params.priority_fee)
+            .min(self.params.priority_fee_max);
+        let total = add(escrow, prio)?;
+        let have = self.balance(&user);
+        if have < total {
+            return Err(ProtocolError::InsufficientBalance {
+                needed: total,
+                available: have,
+            });
+        }
+        let treasury = add(self.treasury, prio)?;
+        let ntasks = model.def.tasks.len();
+        self.accounts.entry(user).or_default().balance = have - total;
+        self.treasury = treasury;
+        let id = self.next_execution;
+        self.next_execution += 1;
+        self.executions.insert(
+            id,
+            Execution {
+                model: model_id,
+                user,
+                priority,
+                input_commitment: input,
+                escrow,
+                status: ExecStatus::InProgress,
+                tasks: (0..ntasks).map(|_| TaskRun::new()).collect(),
+                submitted_at: now,
+                finished_at: None,
+            },
+        );
+        self.active.insert(id);
+        self.events.push(Event::ExecutionSubmitted { execution: id, escrow });
+        self.progress(id, now, beacon);
+        Ok(())
+    }
+
+    /// The run of `task` (1-based) of `execution`, checked to exist.
+    fn run_ref(&self, execution: u64, task: u32) -> Result<&TaskRun, ProtocolError> {
+        let e = self
+            .executions
+            .get(&execution)
+            .ok_or_else(|| err_unknown("execution", execution))?;
+        if task == 0 {
+            return Err(err_unknown("task", format!("{execution}/0")));
+        }
+        e.tasks
+            .get(task as usize - 1)
+            .ok_or_else(|| err_unknown("task", format!("{execution}/{task}")))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn submit_result(
+        &mut self,
+        node: Pubkey,
+        execution: u64,
+        task: u32,
+        commitment: [u8; 32],
+        uris: &[String],
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        if uris.len() > self.params.uris_per_result_max || uris.iter().any(|u| u.len() > self.params.uri_bytes_max) {
+            return Err(ProtocolError::Invalid(format!(
+                "at most {} output URIs of {} bytes",
+                self.params.uris_per_result_max, self.params.uri_bytes_max
+            )));
+        }
+        let run = self.run_ref(execution, task)?;
+        let unexpected = |why: &str| {
+            Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: why.into(),
+            })
+        };
+        if run.status != TaskStatus::Assigned {
+            return unexpected("the task is not awaiting a result (duplicate or late)");
+        }
+        if run.node != Some(node) {
+            return unexpected("the task is assigned to another node");
+        }
+        // Commit, then draw: the VRF input includes the commitment, so the
+        // node cannot know whether it will be challenged before committing.
+        let mut alpha = Vec::with_capacity(32 + 8 + 4 + 32);
+        alpha.extend_from_slice(&self.blockhash);
+        alpha.extend_from_slice(&execution.to_le_bytes());
+        alpha.extend_from_slice(&task.to_le_bytes());
+        alpha.extend_from_slice(&commitment);
+        let (proof, beta) = beacon.prove(&alpha);
+        let draw = u64::from_le_bytes(beta[..8].try_into().unwrap()) % PPM;
+        let challenged = draw < self.params.challenge_ppm;
+        let t = task as usize - 1;
+        {
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.commitment = Some(commitment);
+            r.output_uris = uris.to_vec();
+            r.draw = Some(proof.clone());
+            r.challenged = challenged;
+        }
+        if challenged {
+            let validator = self.pick_validator(execution, task, &beta, now);
+            self.events.push(Event::Drawn {
+                execution,
+                task,
+                challenged,
+                validator,
+                proof,
+            });
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.status = TaskStatus::Challenged;
+            match validator {
+                Some(v) => self.assign_validator(execution, task, v, now),
+                None => self.escalate(execution, task),
+            }
+        } else {
+            self.events.push(Event::Drawn {
+                execution,
+                task,
+                challenged,
+                validator: None,
+                proof,
+            });
+            self.complete_task(execution, task, true);
+        }
+        self.progress(execution, now, beacon);
+        Ok(())
+    }
+
+    fn assign_validator(&mut self, execution: u64, task: u32, v: Pubkey, now: Millis) {
+        let model = self.executions[&execution].model;
+        let deadline = now + self.timeout(&self.models[&model].def.tasks[task as usize - 1], 0);
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1];
+        r.validator = Some(v);
+        r.validator_attempts += 1;
+        r.deadline = deadline;
+        self.nodes.get_mut(&v).unwrap().load += 1;
+        self.events.push(Event::ValidatorAssigned {
+            execution,
+            task,
+            validator: v,
+            deadline,
+        });
+    }
+
+    /// No validator answered (or none exists): the committee arbitrates.
+    fn escalate(&mut self, execution: u64, task: u32) {
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1];
+        r.status = TaskStatus::Disputed;
+        let (asserter, validator) = (r.node.unwrap(), r.validator);
+        self.nodes.get_mut(&asserter).unwrap().disputes += 1;
+        if let Some(v) = validator {
+            self.nodes.get_mut(&v).unwrap().disputes += 1;
+        }
+        self.events.push(Event::Disputed {
+            execution,
+            task,
+            asserter,
+            validator,
+        });
+    }
+
+    fn submit_validation(
+        &mut self,
+        v: Pubkey,
+        execution: u64,
+        task: u32,
+        commitment: [u8; 32],
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        let run = self.run_ref(execution, task)?;
+        if run.status != TaskStatus::Challenged || run.validator != Some(v) || run.validator_commitment.is_some() {
+            return Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: "no validation of this task is expected from this node".into(),
+            });
+        }
+        let matched = run.commitment == Some(commitment);
+        let t = task as usize - 1;
+        self.nodes.get_mut(&v).unwrap().load -= 1;
+        self.executions.get_mut(&execution).unwrap().tasks[t].validator_commitment = Some(commitment);
+        if matched {
+            self.pay_validator(execution, task, v);
+            self.complete_task(execution, task, true);
+        } else {
+            self.escalate(execution, task);
+        }
+        self.progress(execution, now, beacon);
+        Ok(())
+    }
+
+    fn dispute_vote(
+        &mut self,
+        member: Pubkey,
+        execution: u64,
+        task: u32,
+        asserter_honest: bool,
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        if !self.committee.contains(&member) {
+            return Err(ProtocolError::Unauthorized(
+                "only committee members vote on disputes".into(),
+            ));
+        }
+        let run = self.run_ref(execution, task)?;
+        if run.status != TaskStatus::Disputed {
+            return Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: "the task is not in dispute".into(),
+            });
+        }
+        if run.votes.contains_key(&member) {
+            return Err(ProtocolError::Invalid("this member already voted".into()));
+        }
+        let t = task as usize - 1;
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+        r.votes.insert(member, asserter_honest);
+        let yes = r.votes.values().filter(|v| **v).count();
+        let no = r.votes.len() - yes;
+        if yes >= 2 || no >= 2 {
+            self.resolve_dispute(execution, task, yes >= 2, now);
+            self.progress(execution, now, beacon);
+        }
+        Ok(())
+    }
+
+    fn resolve_dispute(&mut self, execution: u64, task: u32, asserter_honest: bool, _now: Millis) {
+        let t = task as usize - 1;
+        let model = self.executions[&execution].model;
+        let cost = self.task_cost(&self.models[&model].def.tasks[t]);
+        let (asserter, validator) = {
+            let r = &self.executions[&execution].tasks[t];
+            (r.node.unwrap(), r.validator)
+        };
+        self.nodes.get_mut(&asserter).unwrap().disputes -= 1;
+        if let Some(v) = validator {
+            self.nodes.get_mut(&v).unwrap().disputes -= 1;
+        }
+        // A validator that answered is on the record; one that did not is not slashed here.
+        let validator_answered = self.executions[&execution].tasks[t].validator_commitment.is_some();
+        if asserter_honest {
+            if let (Some(v), true) = (validator, validator_answered) {
+                self.slash(v, cost, Some(asserter), execution, task);
+            }
+            self.executions.get_mut(&execution).unwrap().tasks[t].outcome = Some("asserter upheld".into());
+            self.complete_task(execution, task, true);
+        } else {
+            let winner = validator.filter(|_| validator_answered);
+            self.slash(asserter, cost, winner, execution, task);
+            if let Some(v) = winner {
+                self.pay_validator(execution, task, v);
+            }
+            self.invalidate(execution, task);
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.outcome = Some("asserter slashed".into());
+            r.excluded.push(asserter);
+        }
+    }
+
+    /// Slashes `loser`; half goes to `winner` (if any), the rest to the treasury.
+    fn slash(&mut self, loser: Pubkey, cost: Micro, winner: Option<Pubkey>, execution: u64, task: u32) {
+        let amount = self.slash_amount(cost, &self.nodes[&loser]);
+        let n = self.nodes.get_mut(&loser).unwrap();
+        n.stake -= amount;
+        n.slashed_total += amount;
+        if let Some((u, _)) = n.unstaking.as_mut() {
+            *u = (*u).min(n.stake);
+        }
+        let to_winner = if winner.is_some() { amount / 2 } else { 0 };
+        if let Some(w) = winner {
+            let a = self.accounts.entry(w).or_default();
+            a.balance += to_winner;
+            if let Some(wn) = self.nodes.get_mut(&w) {
+                wn.earned_total += to_winner;
+            }
+        }
+        self.treasury += amount - to_winner;
+        self.events.push(Event::Slashed {
+            node: loser,
+            amount,
+            execution,
+            task,
+        });
+    }
+
+    fn pay(&mut self, execution: u64, to: Pubkey, amount: Micro) {
+        let e = self.executions.get_mut(&execution).unwrap();
+        let amount = amount.min(e.escrow);
+        e.escrow -= amount;
+        self.accounts.entry(to).or_default().balance += amount;
+        if let Some(n) = self.nodes.get_mut(&to) {
+            n.earned_total += amount;
+        }
+    }
+
+    fn pay_validator(&mut self, execution: u64, task: u32, v: Pubkey) {
+        let model = self.executions[&execution].model;
+        let cost = self.task_cost(&self.models[&model].def.tasks[task as usize - 1]);
+        self.pay(
+            execution,
+            v,
+            cost.saturating_mul(self.params.verification_reward_pct) / 100,
+        );
+    }
+
+    /// Marks a task done and pays its asserter (once).
+    fn complete_task(&mut self, execution: u64, task: u32, pay: bool) {
+        let t = task as usize - 1;
+        let model = self.executions[&execution].model;
+        let cost = self.task_cost(&self.models[&model].def.tasks[t]);
+        let (node, paid) = {
+            let r = &self.executions[&execution].tasks[t];
+            (r.node.unwrap(), r.paid)
+        };
+        if pay && !paid {
+            self.pay(execution, node, cost);
+            self.executions.get_mut(&execution).unwrap().tasks[t].paid = true;
+        }
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+        if r.status != TaskStatus::Completed {
+            // The node held the task until now (validated or not).
+            r.status = TaskStatus::Completed;
+            self.nodes.get_mut(&node).unwrap().load -= 1;
+        }
+        self.events.push(Event::TaskCompleted { execution, task, node });
+    }
+
+    /// A fraud was proven: the task and everything downstream of it that
+    /// used its output are recomputed. Work already paid for is refunded to
+    /// the escrow from the treasury (which the slash just funded).
+    fn invalidate(&mut self, execution: u64, task: u32) {
+        let model = self.executions[&execution].model;
+        let mut stack = vec![task];
+        let mut seen = BTreeSet::new();
+        while let Some(k) = stack.pop() {
+            if !seen.insert(k) {
+                continue;
+            }
+            let t = k as usize - 1;
+            let cost = self.task_cost(&self.models[&model].def.tasks[t]);
+            let (status, node, paid) = {
+                let r = &self.executions[&execution].tasks[t];
+                (r.status, r.node, r.paid)
+            };
+            if k != task
+                && !matches!(
+                    status,
+                    TaskStatus::Completed | TaskStatus::Challenged | TaskStatus::Disputed | TaskStatus::Assigned
+                )
+            {
+                continue;
+            }
+            if paid {
+                let refund = cost.min(self.treasury);
+                self.treasury -= refund;
+                self.executions.get_mut(&execution).unwrap().escrow += refund;
+            }
+            if k != task {
+                // Release whatever the node held for it.
+                match status {
+                    TaskStatus::Assigned | TaskStatus::Challenged => {
+                        if let Some(n) = node {
+                            self.nodes.get_mut(&n).unwrap().load -= 1;
+                        }
+                        let v = self.executions[&execution].tasks[t].validator;
+                        if status == TaskStatus::Challenged {
+                            if let (Some(v), None) = (v, self.executions[&execution].tasks[t].validator_commitment) {
+                                self.nodes.get_mut(&v).unwrap().load -= 1;
+                            }
+                        }
+                    }
+                    TaskStatus::Disputed => {
+                        if let Some(n) = node {
+                            let nn = self.nodes.get_mut(&n).unwrap();
+                            nn.load -= 1;
+                            nn.disputes -= 1;
+                        }
+                        if let Some(v) = self.executions[&execution].tasks[t].validator {
+                            self.nodes.get_mut(&v).unwrap().disputes -= 1;
+                        }
+                    }
+                    _ => {}
+                }
+            } else if let Some(n) = node {
+                // The cheated task: its asserter's hold ends here.
+                self.nodes.get_mut(&n).unwrap().load -= 1;
+            }
+            let excluded = std::mem::take(&mut self.executions.get_mut(&execution).unwrap().tasks[t].excluded);
+            let attempts = self.executions[&execution].tasks[t].attempts;
+            let failures = self.executions[&execution].tasks[t].failures;
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            *r = TaskRun::new();
+            r.excluded = excluded;
+            r.attempts = attempts;
+            r.failures = failures;
+            self.events.push(Event::Invalidated { execution, task: k });
+            stack.extend(self.models[&model].downstream[t].iter().copied());
+        }
+    }
+
+    fn liveness_vote(
+        &mut self,
+        member: Pubkey,
+        node: Pubkey,
+        unresponsive: bool,
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        if !self.committee.contains(&member) {
+            return Err(ProtocolError::Unauthorized(
+                "only committee members vote on liveness".into(),
+            ));
+        }
+        let n = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| err_unknown("node", node.short()))?;
+        n.liveness_votes.insert(member, unresponsive);
+        let yes = n.liveness_votes.values().filter(|v| **v).count();
+        if yes >= 2 && n.status == NodeStatus::Active {
+            n.status = NodeStatus::Unresponsive;
+            self.events.push(Event::NodeUnresponsive { node });
+            self.release_node(node, now, beacon);
+        }
+        Ok(())
+    }
+
+    /// Takes every assignment away from a node the committee found unresponsive.
+    fn release_node(&mut self, node: Pubkey, now: Millis, beacon: &dyn Beacon) {
+        let ids: Vec<u64> = self.active.iter().copied().collect();
+        for id in ids {
+            let n = self.executions[&id].tasks.len();
+            for t in 0..n {
+                let r = &self.executions[&id].tasks[t];
+                if r.status == TaskStatus::Assigned && r.node == Some(node) {
+                    self.fail_attempt(id, t as u32 + 1, now);
+                } else if r.status == TaskStatus::Challenged
+                    && r.validator == Some(node)
+                    && r.validator_commitment.is_none()
+                {
+                    self.replace_validator(id, t as u32 + 1, now);
+                }
+            }
+            self.progress(id, now, beacon);
+        }
+    }
+
+    /// The assigned node did not deliver: exclude it, double the timeout, reassign.
+    fn fail_attempt(&mut self, execution: u64, task: u32, _now: Millis) {
+        let t = task as usize - 1;
+        let node = self.executions[&execution].tasks[t].node.unwrap();
+        self.nodes.get_mut(&node).unwrap().load -= 1;
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+        r.failures += 1;
+        r.excluded.push(node);
+        r.status = TaskStatus::Ready;
+        let attempt = r.attempts;
+        self.events.push(Event::TimedOut {
+            execution,
+            task,
+            node,
+            attempt,
+        });
+    }
+
+    fn replace_validator(&mut self, execution: u64, task: u32, now: Millis) {
+        let t = task as usize - 1;
+        let old = self.executions[&execution].tasks[t].validator.unwrap();
+        self.nodes.get_mut(&old).unwrap().load -= 1;
+        self.executions.get_mut(&execution).unwrap().tasks[t].excluded.push(old);
+        let attempts = self.executions[&execution].tasks[t].validator_attempts;
+        let seed = blake3::hash(
+            &[
+                &self.blockhash[..],
+                &execution.to_le_bytes(),
+                &task.to_le_bytes(),
+                &attempts.to_le_bytes(),
+            ]
+            .concat(),
+        );
+        let mut beta = [0u8; 64];
+        beta[..32].copy_from_slice(seed.as_bytes());
+        let next = if attempts < self.params.validator_attempts_max {
+            self.pick_validator(execution, task, &beta, now)
+        } else {
+            None
+        };
+        match next {
+            Some(v) => self.assign_validator(execution, task, v, now),
+            None => {
+                self.executions.get_mut(&execution).unwrap().tasks[t].validator = None;
+                self.escalate(execution, task)
+            }
+        }
+    }
+
+    /// Why `node` cannot take `task` of `execution` now, or `None` if it can.
+    pub fn ineligible(&self, node: &Pubkey, execution: u64, task: u32) -> Option<String> {
+        let e = &self.executions[&execution];
+        let def = &self.models[&e.model].def.tasks[task as usize - 1];
+        let Some(n) = self.nodes.get(node) else {
+            return Some("not a node".into());
+        };
+        if n.status != NodeStatus::Active {
+            return Some("unresponsive".into());
+        }
+        if n.suspect {
+            return Some("missed heartbeats".into());
+        }
+        if !n.supports.contains(&(e.model, task)) {
+            return Some("does not support the task".into());
+        }
+        if n.vram < def.vram {
+            return Some(format!("{} bytes of VRAM, the task needs {}", n.vram, def.vram));
+        }
+        if n.load >= self.params.node_load_max {
+            return Some("at its load limit".into());
+        }
+        if e.tasks[task as usize - 1].excluded.contains(node) {
+            return Some("failed or cheated on this task before".into());
+        }
+        let required = self.stake_required(n.vram);
+        if n.free_stake() < required {
+            return Some(format!("stake {} below the required {}", n.free_stake(), required));
+        }
+        let cost = self.task_cost(def);
+        let s = self.slash_amount(cost, n).min(n.free_stake());
+        if !security_holds(&self.params, cost, s) {
+            return Some(format!(
+                "slashable stake {s} too small for a task costing {cost}: p(1-r)(R+S) <= C"
+            ));
+        }
+        None
+    }
+
+    /// Deterministic selection, recomputable by anyone from the state:
+    /// the node that ran an adjacent upstream task if eligible; otherwise
+    /// the least-loaded eligible node among `candidates_probed` candidates
+    /// drawn from a hash of (block hash, execution, task, salt).
+    fn select(&mut self, execution: u64, task: u32, salt: &[u8], avoid: Option<Pubkey>) -> Option<Pubkey> {
+        let e = &self.executions[&execution];
+        let model = e.model;
+        if avoid.is_none() {
+            for &up in &self.models[&model].upstream[task as usize - 1] {
+                if let Some(n) = e.tasks[up as usize - 1].node {
+                    if self.ineligible(&n, execution, task).is_none() {
+                        return Some(n);
+                    }
+                }
+            }
+        }
+        let list = self.candidates.get(&(model, task))?.clone();
+        if list.is_empty() {
+            return None;
+        }
+        let probes = self.params.candidates_probed.min(list.len());
+        let mut best: Option<(u32, u64, Pubkey)> = None;
+        let mut skipped = Vec::new();
+        let try_node = |ledger: &Ledger,
+                        k: &Pubkey,
+                        rank: u64,
+                        best: &mut Option<(u32, u64, Pubkey)>,
+                        skipped: &mut Vec<(Pubkey, String)>| {
+            if Some(*k) == avoid {
+                return;
+            }
+            match ledger.ineligible(k, execution, task) {
+                None => {
+                    let load = ledger.nodes[k].load;
+                    if best.is_none_or(|b| (load, rank) < (b.0, b.1)) {
+                        *best = Some((load, rank, *k));
+                    }
+                }
+                Some(why) => skipped.push((*k, why)),
+            }
+        };
+        for i in 0..probes as u64 {
+            let h = blake3::hash(
+                &[
+                    &self.blockhash[..],
+                    &execution.to_le_bytes(),
+                    &task.to_le_bytes(),
+                    salt,
+                    &i.to_le_bytes(),
+                ]
+                .concat(),
+            );
+            let rank = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
+            let k = list[(rank % list.len() as u64) as usize];
+            try_node(self, &k, rank, &mut best, &mut skipped);
+        }
+        if best.is_none() && list.len() > probes {
+            // Every probe was ineligible: scan all candidates (rare; bounded by the list).
+            for (i, k) in list.iter().enumerate() {
+                try_node(self, k, i as u64, &mut best, &mut skipped);
+            }
+        }
+        for (node, reason) in skipped.into_iter().take(8) {
+            self.events.push(Event::Skipped {
+                execution,
+                task,
+                node,
+                reason,
+            });
+        }
+        best.map(|b| b.2)
+    }
+
+    fn pick_validator(&mut self, execution: u64, task: u32, beta: &[u8; 64], _now: Millis) -> Option<Pubkey> {
+        let asserter = self.executions[&execution].tasks[task as usize - 1].node;
+        self.select(execution, task, &beta[..32], asserter)
+    }
+
+    /// Moves an execution forward: ready tasks, assignments, completion.
+    fn progress(&mut self, execution: u64, now: Millis, _beacon: &dyn Beacon) {
+        let Some(e) = self.executions.get(&execution) else {
+            return;
+        };
+        if e.status != ExecStatus::InProgress {
+            return;
+        }
+        let model = e.model;
+        let n = e.tasks.len();
+        for t in 0..n {
+            let r = &self.executions[&execution].tasks[t];
+            if r.status == TaskStatus::Pending
+                && self.models[&model].upstream[t]
+                    .iter()
+                    .all(|&u| self.executions[&execution].tasks[u as usize - 1].has_output())
+            {
+                self.executions.get_mut(&execution).unwrap().tasks[t].status = TaskStatus::Ready;
+            }
+        }
+        for t in 0..n {
+            if self.executions[&execution].tasks[t].status != TaskStatus::Ready {
+                continue;
+            }
+            let task = t as u32 + 1;
+            let attempts = self.executions[&execution].tasks[t].attempts;
+            if attempts >= self.params.attempts_max {
+                self.fail_execution(
+                    execution,
+                    format!("task {task} got no valid result after {attempts} attempts"),
+                    now,
+                );
+                return;
+            }
+            let salt = attempts.to_le_bytes();
+            let found = self.select(execution, task, &salt, None);
+            if found.is_none() {
+                let wait = self
+                    .params
+                    .task_timeout_min_ms
+                    .saturating_mul(self.params.unassigned_waits_max);
+                let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+                match r.ready_deadline {
+                    None => r.ready_deadline = Some(now.saturating_add(wait)),
+                    Some(d) if now >= d => {
+                        self.fail_execution(
+                            execution,
+                            format!(
+                                "task {task}: no eligible node for {wait} ms (none live, capable and staked enough)"
+                            ),
+                            now,
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(node) = found {
+                let def = &self.models[&model].def.tasks[t];
+                let failures = self.executions[&execution].tasks[t].failures;
+                let deadline = now + self.timeout(def, failures);
+                self.nodes.get_mut(&node).unwrap().load += 1;
+                let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+                r.status = TaskStatus::Assigned;
+                r.ready_deadline = None;
+                r.node = Some(node);
+                r.attempts += 1;
+                r.deadline = deadline;
+                let attempt = r.attempts;
+                self.events.push(Event::Assigned {
+                    execution,
+                    task,
+                    node,
+                    deadline,
+                    attempt,
+                });
+            }
+        }
+        if self.executions[&execution]
+            .tasks
+            .iter()
+            .all(|r| r.status == TaskStatus::Completed)
+        {
+            let e = self.executions.get_mut(&execution).unwrap();
+            e.status = ExecStatus::Completed;
+            e.finished_at = Some(now);
+            let refund = std::mem::take(&mut e.escrow);
+            let user = e.user;
+            self.accounts.entry(user).or_default().balance += refund;
+            self.active.remove(&execution);
+            self.events.push(Event::ExecutionCompleted { execution });
+        }
+    }
+
+    fn fail_execution(&mut self, execution: u64, reason: String, now: Millis) {
+        // Release every hold of this execution's tasks.
+        let n = self.executions[&execution].tasks.len();
+        for t in 0..n {
+            let r = self.executions[&execution].tasks[t].clone();
+            match r.status {
+                TaskStatus::Assigned => self.nodes.get_mut(&r.node.unwrap()).unwrap().load -= 1,
+                TaskStatus::Challenged => {
+                    self.nodes.get_mut(&r.node.unwrap()).unwrap().load -= 1;
+                    if let (Some(v), None) = (r.validator, r.validator_commitment) {
+                        self.nodes.get_mut(&v).unwrap().load -= 1;
+                    }
+                }
+                TaskStatus::Disputed => {
+                    let a = self.nodes.get_mut(&r.node.unwrap()).unwrap();
+                    a.load -= 1;
+                    a.disputes -= 1;
+                    if let Some(v) = r.validator {
+                        self.nodes.get_mut(&v).unwrap().disputes -= 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let e = self.executions.get_mut(&execution).unwrap();
+        e.status = ExecStatus::Failed(reason.clone());
+        e.finished_at = Some(now);
+        let refund = std::mem::take(&mut e.escrow);
+        let user = e.user;
+        self.accounts.entry(user).or_default().balance += refund;
+        self.active.remove(&execution);
+        self.events.push(Event::ExecutionFailed { execution, reason });
+    }
+
+    /// Deadlines: task and validator timeouts, missed heartbeats, and
+    /// assignments of tasks that found no node before. Call at least at
+    /// every [`Ledger::poll_timeout`].
+    pub fn tick(&mut self, now: Millis, beacon: &dyn Beacon) {
+        self.advance_hash(&now.to_le_bytes());
+        let silence = self
+            .params
+            .heartbeat_ms
+            .saturating_mul(self.params.heartbeats_missed_max);
+        let mut suspects = Vec::new();
+        for (k, n) in self.nodes.iter_mut() {
+            if n.status == NodeStatus::Active && !n.suspect && now.saturating_sub(n.last_heartbeat) > silence {
+                n.suspect = true;
+                suspects.push(*k);
+            }
+        }
+        for node in suspects {
+            self.events.push(Event::Suspect { node });
+        }
+        let ids: Vec<u64> = self.active.iter().copied().collect();
+        for id in ids {
+            let n = self.executions[&id].tasks.len();
+            for t in 0..n {
+                let r = &self.executions[&id].tasks[t];
+                if r.deadline > now {
+                    continue;
+                }
+                match r.status {
+                    TaskStatus::Assigned => self.fail_attempt(id, t as u32 + 1, now),
+                    TaskStatus::Challenged if r.validator_commitment.is_none() && r.validator.is_some() => {
+                        self.replace_validator(id, t as u32 + 1, now)
+                    }
+                    _ => {}
+                }
+            }
+            self.progress(id, now, beacon);
+        }
+    }
+
+    /// The earliest deadline the ledger is waiting on.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let tasks = self
+            .active
+            .iter()
+            .flat_map(|id| self.executions[id].tasks.iter())
+            .filter_map(|r| match r.status {
+                TaskStatus::Assigned | TaskStatus::Challenged => Some(r.deadline),
+                TaskStatus::Ready => r.ready_deadline,
+                _ => None,
+            });
+        let silence = self
+            .params
+            .heartbeat_ms
+            .saturating_mul(self.params.heartbeats_missed_max);
+        let hb = self
+            .nodes
+            .values()
+            .filter(|n| n.status == NodeStatus::Active && !n.suspect)
+            .map(|n| n.last_heartbeat + silence + 1);
+        tasks.chain(hb).min()
+    }
+}
