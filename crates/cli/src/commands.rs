@@ -1,7 +1,7 @@
 //! The commands: validated arguments in, library calls, a report out.
 
 use crate::util::{human, read_inputs, write_outputs};
-use crate::{DemoArgs, GenerateArgs, ModelArgs, PartitionArgs, RunArgs, RunPlanArgs, TransformerArgs};
+use crate::{DemoArgs, GenerateArgs, ModelArgs, PartitionArgs, RunArgs, RunPlanArgs, SimArgs, TransformerArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
@@ -413,4 +413,122 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+pub fn sim(a: SimArgs) -> Result<i32> {
+    for (name, v) in [
+        ("--crash-frac", a.crash_frac),
+        ("--slow-frac", a.slow_frac),
+        ("--partition-frac", a.partition_frac),
+        ("--lazy-frac", a.lazy_frac),
+        ("--lazy-q", a.lazy_q),
+        ("--collude", a.collude),
+        ("--p", a.p),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("{name} must be between 0 and 1, not {v}");
+        }
+    }
+    if a.nodes < 2 || a.executions == 0 {
+        bail!("a simulation needs at least 2 nodes and 1 execution");
+    }
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let params = splitup_protocol::Params {
+        challenge_ppm: (a.p * 1e6).round() as u64,
+        collusion_ppm: splitup_protocol::Params::default().collusion_ppm,
+        ..Default::default()
+    };
+    let check_every = a
+        .check_every
+        .unwrap_or(if (a.nodes as u64) * (a.executions as u64) <= 1_000_000 {
+            1
+        } else {
+            1000
+        });
+    let cfg = splitup_sim::Config {
+        seed,
+        nodes: a.nodes,
+        executions: a.executions,
+        crash_frac: a.crash_frac,
+        slow_frac: a.slow_frac,
+        partition_frac: a.partition_frac,
+        lazy_frac: a.lazy_frac,
+        lazy_q: a.lazy_q,
+        collude_frac: a.collude,
+        params,
+        check_every,
+        ..Default::default()
+    };
+    println!("seed {seed} (replay with --seed {seed}); {} nodes, {} executions of a 4-task DAG; money checked every {check_every} step(s)", a.nodes, a.executions);
+    let pb = bar(a.executions as u64, "executions");
+    let wall = Instant::now();
+    let result = splitup_sim::run(&cfg, &mut |done, _| pb.set_position(done));
+    pb.finish_and_clear();
+    let s = match result {
+        Ok(s) => s,
+        Err(f) => {
+            eprintln!("error: {f}");
+            return Ok(1);
+        }
+    };
+    let usdc = |m: u64| m as f64 / 1e6;
+    println!(
+        "completed {} of {} executions ({} task results) in {:.1} s of virtual time, {:.2} s of wall time",
+        s.completed,
+        s.executions,
+        s.task_results,
+        s.virtual_ms as f64 / 1e3,
+        wall.elapsed().as_secs_f64()
+    );
+    for (reason, n) in &s.failed {
+        println!("failed: {n} ({reason})");
+    }
+    println!("state machine: {} instructions in {:.3} s = {:.0} instructions/s ({:.0}/s without the {} VRF proofs, which took {:.3} s)", s.instructions, s.ledger_time.as_secs_f64(), s.instructions_per_second(), s.instructions_per_second_without_vrf(), s.vrf_proofs, s.vrf_time.as_secs_f64());
+    println!(
+        "challenges: {} of {} results ({:.2}%; p = {}); validation compute overhead {:.4}",
+        s.challenges,
+        s.task_results,
+        100.0 * s.challenges as f64 / s.task_results.max(1) as f64,
+        a.p,
+        s.validation_overhead()
+    );
+    println!(
+        "frauds: {} garbage results, {} caught, {} undetected; {} slashes totalling {:.2} USDC",
+        s.lazy_results,
+        s.frauds_caught,
+        s.frauds_undetected,
+        s.slashes,
+        usdc(s.slashed)
+    );
+    if s.lazy_nodes > 0 {
+        println!(
+            "lazy nodes: {}, {} ended with less than they staked",
+            s.lazy_nodes, s.lazy_nodes_net_loss
+        );
+    }
+    println!(
+        "honest stake lost: {:.2} USDC; reassignments: {}; nodes marked unresponsive: {}",
+        usdc(s.honest_stake_lost),
+        s.reassignments,
+        s.nodes_marked_unresponsive
+    );
+    println!("fees and rewards paid to nodes: {:.2} USDC", usdc(s.fees_paid));
+    if a.catch_table {
+        println!(
+            "\n{:>8} {:>8} {:>10} {:>22}",
+            "after N", "nodes", "caught", "1-(1-p(1-r))^N"
+        );
+        for r in splitup_sim::catch_table(&s, &cfg, &[1, 10, 50, 100]) {
+            println!(
+                "{:>8} {:>8} {:>10.4} {:>22.4}",
+                r.after, r.nodes, r.measured, r.expected
+            );
+        }
+    }
+    Ok(0)
 }

@@ -38,6 +38,47 @@ enum Command {
     Run(RunArgs),
     /// Write a generated decoder-only transformer (seeded weights) as an ONNX file.
     Generate(GenerateArgs),
+    /// Simulate a whole network against the protocol's rules (deterministic; replays from --seed).
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// Number of GPU nodes.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Model executions to submit (each runs a 4-task DAG: 4 task executions).
+    #[arg(long, default_value_t = 1000)]
+    pub executions: usize,
+    /// Seed of every random choice; the same seed replays the same run.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of nodes that crash mid-run.
+    #[arg(long, default_value_t = 0.0)]
+    pub crash_frac: f64,
+    /// Fraction of nodes that compute 5× slower.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_frac: f64,
+    /// Fraction of nodes cut off from the ledger for 2 minutes.
+    #[arg(long, default_value_t = 0.0)]
+    pub partition_frac: f64,
+    /// Fraction of nodes that return garbage with probability --lazy-q.
+    #[arg(long, default_value_t = 0.0)]
+    pub lazy_frac: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub lazy_q: f64,
+    /// Fraction of nodes that, as validators, confirm any result (colluders).
+    #[arg(long, default_value_t = 0.0)]
+    pub collude: f64,
+    /// Challenge probability p (DESIGN.md default 0.08).
+    #[arg(long, default_value_t = 0.08)]
+    pub p: f64,
+    /// Check money conservation every N steps (default: every step up to 10^6 node-executions, else every 1000).
+    #[arg(long)]
+    pub check_every: Option<u64>,
+    /// Also print the catch rate of nodes that cheat on every task after 1, 10, 50 and 100 tasks.
+    #[arg(long)]
+    pub catch_table: bool,
 }
 
 #[derive(Args, Clone)]
@@ -174,6 +215,7 @@ fn main() {
         Command::RunPlan(a) => commands::run_plan(a),
         Command::Run(a) => commands::run(a),
         Command::Generate(a) => commands::generate(a),
+        Command::Sim(a) => commands::sim(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -253,3 +253,46 @@ fn missing_onnxruntime_names_the_install_command() {
     let err = fails(&o, 1);
     assert!(err.contains("pip install onnxruntime==1.31.1"), "{err}");
 }
+
+#[test]
+fn sim_replays_from_its_seed_and_refuses_insecure_parameters() {
+    let d = tempfile::tempdir().unwrap();
+    let args = [
+        "sim",
+        "--nodes",
+        "30",
+        "--executions",
+        "150",
+        "--seed",
+        "9",
+        "--crash-frac",
+        "0.1",
+        "--lazy-frac",
+        "0.2",
+        "--lazy-q",
+        "0.5",
+    ];
+    let a = ok(&splitup(&args, d.path()));
+    assert!(a.contains("seed 9 (replay with --seed 9)"), "{a}");
+    assert!(a.contains("completed 150 of 150 executions"), "{a}");
+    assert!(a.contains("instructions/s"), "{a}");
+    let b = ok(&splitup(&args, d.path()));
+    // Everything but wall-clock figures replays exactly.
+    let stable = |s: &str| {
+        s.lines()
+            .filter(|l| !l.contains("wall time") && !l.starts_with("state machine"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stable(&a), stable(&b));
+    let err = fails(
+        &splitup(
+            &["sim", "--nodes", "5", "--executions", "5", "--seed", "4", "--p", "0.01"],
+            d.path(),
+        ),
+        1,
+    );
+    assert!(err.contains("seed 4") && err.contains("p must exceed"), "{err}");
+    let err = fails(&splitup(&["sim", "--lazy-frac", "1.5"], d.path()), 1);
+    assert!(err.contains("--lazy-frac must be between 0 and 1"), "{err}");
+}

@@ -1214,7 +1214,7 @@ impl Ledger {
                 }
             }
         }
-        let list = self.candidates.get(&(model, task))?.clone();
+        let list = self.candidates.get(&(model, task))?;
         if list.is_empty() {
             return None;
         }
@@ -1251,8 +1251,8 @@ impl Ledger {
                 .concat(),
             );
             let rank = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
-            let k = list[(rank % list.len() as u64) as usize];
-            try_node(self, &k, rank, &mut best, &mut skipped);
+            let k = &list[(rank % list.len() as u64) as usize];
+            try_node(self, k, rank, &mut best, &mut skipped);
         }
         if best.is_none() && list.len() > probes {
             // Every probe was ineligible: scan all candidates (rare; bounded by the list).

@@ -18,6 +18,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
+/// Virtual time between ledger ticks.
+pub const TICK_MS: Millis = 1_000;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub seed: u64,
@@ -96,6 +99,9 @@ pub struct Summary {
     pub final_blockhash: [u8; 32],
     /// Time spent inside the state machine, for instructions per second.
     pub ledger_time: Duration,
+    /// Of which: producing VRF proofs (the beacon key holder's work).
+    pub vrf_time: Duration,
+    pub vrf_proofs: u64,
     /// Per cheating node: (results submitted, caught at least once by then).
     pub first_catch: Vec<(u64, Option<u64>)>,
 }
@@ -103,6 +109,10 @@ pub struct Summary {
 impl Summary {
     pub fn instructions_per_second(&self) -> f64 {
         self.instructions as f64 / self.ledger_time.as_secs_f64().max(1e-9)
+    }
+    /// Instructions per second of the rules alone, without producing VRF proofs.
+    pub fn instructions_per_second_without_vrf(&self) -> f64 {
+        self.instructions as f64 / (self.ledger_time.saturating_sub(self.vrf_time)).as_secs_f64().max(1e-9)
     }
     /// Validation compute over primary compute.
     pub fn validation_overhead(&self) -> f64 {
@@ -140,6 +150,8 @@ struct SimNode {
     staked: Micro,
     nonce: u64,
     results: u64,
+    /// Index (1-based) of each result this node submitted, by (execution, task).
+    result_index: HashMap<(u64, u32), u64>,
     first_caught: Option<u64>,
 }
 
@@ -152,11 +164,31 @@ impl SimNode {
     }
 }
 
+/// The VRF beacon, timed.
+struct TimedBeacon {
+    inner: VrfBeacon,
+    spent: std::cell::Cell<Duration>,
+    proofs: std::cell::Cell<u64>,
+}
+
+impl Beacon for TimedBeacon {
+    fn public_key(&self) -> Pubkey {
+        self.inner.public_key()
+    }
+    fn prove(&self, alpha: &[u8]) -> (splitup_protocol::crypto::VrfProof, [u8; 64]) {
+        let t = Instant::now();
+        let r = self.inner.prove(alpha);
+        self.spent.set(self.spent.get() + t.elapsed());
+        self.proofs.set(self.proofs.get() + 1);
+        r
+    }
+}
+
 struct Sim<'a> {
     cfg: Config,
     rng: ChaCha8Rng,
     ledger: Ledger,
-    beacon: VrfBeacon,
+    beacon: TimedBeacon,
     nodes: Vec<SimNode>,
     index: HashMap<Pubkey, usize>,
     committee: Vec<(Keypair, u64)>,
@@ -313,13 +345,17 @@ impl<'a> Sim<'a> {
             } => {
                 self.s.slashed += amount;
                 self.s.slashes += 1;
-                let _ = (execution, task);
                 let i = self.index[&node];
                 if self.nodes[i].lazy {
                     self.s.frauds_caught += 1;
-                    if self.nodes[i].first_caught.is_none() {
-                        self.nodes[i].first_caught = Some(self.nodes[i].results);
-                    }
+                    // Which of its results was caught (not how many it has sent since).
+                    let idx = self.nodes[i]
+                        .result_index
+                        .get(&(execution, task))
+                        .copied()
+                        .unwrap_or(self.nodes[i].results);
+                    let first = self.nodes[i].first_caught.map_or(idx, |f| f.min(idx));
+                    self.nodes[i].first_caught = Some(first);
                 }
             }
             Event::Suspect { node } => {
@@ -396,11 +432,9 @@ impl<'a> Sim<'a> {
             match ev {
                 Ev::Tick => {
                     self.tick()?;
-                    let next = self
-                        .ledger
-                        .poll_timeout()
-                        .unwrap_or(self.now + 5_000)
-                        .clamp(self.now + 1, self.now + 5_000);
+                    // A fixed cadence: deadlines are tens of seconds, and with
+                    // thousands of nodes `poll_timeout` would tick every few ms.
+                    let next = self.now + TICK_MS;
                     self.push(next, Ev::Tick);
                 }
                 Ev::Heartbeat(i) => {
@@ -442,6 +476,8 @@ impl<'a> Sim<'a> {
                         truth(execution, task)
                     };
                     self.nodes[i].results += 1;
+                    let idx = self.nodes[i].results;
+                    self.nodes[i].result_index.insert((execution, task), idx);
                     if cheat {
                         self.s.lazy_results += 1;
                     }
@@ -516,6 +552,8 @@ impl<'a> Sim<'a> {
             self.s.fees_paid += node.earned_total;
         }
         self.s.executions = total;
+        self.s.vrf_time = self.beacon.spent.get();
+        self.s.vrf_proofs = self.beacon.proofs.get();
         self.s.virtual_ms = self.now;
         self.s.final_blockhash = self.ledger.blockhash;
         Ok(self.s)
@@ -574,6 +612,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
             staked: 0,
             nonce: 0,
             results: 0,
+            result_index: HashMap::new(),
             first_caught: None,
         });
     }
@@ -582,7 +621,11 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
         cfg: cfg.clone(),
         rng,
         ledger,
-        beacon,
+        beacon: TimedBeacon {
+            inner: beacon,
+            spent: Default::default(),
+            proofs: Default::default(),
+        },
         nodes,
         index,
         committee: committee.into_iter().map(|k| (k, 0)).collect(),

@@ -1,0 +1,631 @@
+//! Property tests over random instruction sequences, all through the signed
+//! path (`Ledger::submit`):
+//! - money is conserved after every instruction;
+//! - no task is ever assigned to a dead, under-staked or incapable node;
+//! - a rejected instruction changes nothing;
+//! - replaying any accepted signed instruction is rejected.
+
+use proptest::prelude::*;
+use splitup_protocol::state::Ledger;
+use splitup_protocol::*;
+
+const ACTORS: usize = 4;
+
+struct World {
+    ledger: Ledger,
+    beacon: VrfBeacon,
+    authority: Keypair,
+    committee: Vec<Keypair>,
+    actors: Vec<Keypair>,
+    now: Millis,
+}
+
+fn key(i: u8) -> Keypair {
+    Keypair::from_seed([i; 32])
+}
+
+fn spec() -> TensorSpec {
+    TensorSpec {
+        name: "t".into(),
+        shape: vec![4],
+        dtype: "float32".into(),
+    }
+}
+
+fn model() -> ModelDef {
+    let task = TaskDef {
+        vram: 2 * GB,
+        compute_units: 500,
+        inputs: vec![spec()],
+        outputs: vec![spec()],
+        weight_uri: "file://w".into(),
+        weight_hash: [1; 32],
+    };
+    let c = |s, d| Connection {
+        source_task: s,
+        destination_task: d,
+        source_output: 0,
+        dest_input: 0,
+    };
+    ModelDef {
+        name: "chain".into(),
+        inputs: vec![spec()],
+        outputs: vec![spec()],
+        tasks: vec![task.clone(), task],
+        connections: vec![c(0, 1), c(1, 2), c(2, 0)],
+    }
+}
+
+impl World {
+    fn new(challenge_ppm: u64) -> World {
+        let beacon = VrfBeacon::from_seed([9; 32]);
+        let authority = key(1);
+        let committee: Vec<Keypair> = (0..3).map(|i| key(10 + i)).collect();
+        let params = Params {
+            challenge_ppm,
+            ..Params::default()
+        };
+        let g = Genesis {
+            params,
+            mint_authority: authority.pubkey(),
+            committee: [committee[0].pubkey(), committee[1].pubkey(), committee[2].pubkey()],
+            beacon: beacon.public_key(),
+        };
+        let ledger = Ledger::genesis(g).unwrap();
+        let actors = (0..ACTORS as u8).map(|i| key(20 + i)).collect();
+        let mut w = World {
+            ledger,
+            beacon,
+            authority,
+            committee,
+            actors,
+            now: 1_000,
+        };
+        let owner = w.actors[0].clone();
+        w.send(&owner, Instruction::RegisterModel(model())).unwrap();
+        w
+    }
+
+    fn nonce(&self, k: &Keypair) -> u64 {
+        self.ledger.accounts.get(&k.pubkey()).map(|a| a.nonce).unwrap_or(0)
+    }
+
+    fn send(&mut self, k: &Keypair, ix: Instruction) -> Result<SignedTx, ProtocolError> {
+        let tx = SignedTx::sign(k, self.nonce(k), ix);
+        self.ledger.submit(&tx, self.now, &self.beacon).map(|_| tx)
+    }
+
+    fn key_of(&self, p: &Pubkey) -> Option<Keypair> {
+        self.actors
+            .iter()
+            .chain(&self.committee)
+            .chain([&self.authority])
+            .find(|k| k.pubkey() == *p)
+            .cloned()
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Mint {
+        by_authority: bool,
+        to: usize,
+        amount: u64,
+    },
+    Transfer {
+        from: usize,
+        to: usize,
+        amount: u64,
+    },
+    RegisterNode {
+        who: usize,
+        vram_gb: u64,
+        tasks: u8,
+    },
+    Stake {
+        who: usize,
+        amount: u64,
+    },
+    RequestUnstake {
+        who: usize,
+        amount: u64,
+    },
+    Withdraw {
+        who: usize,
+    },
+    Heartbeat {
+        who: usize,
+    },
+    Submit {
+        who: usize,
+        model: u64,
+        priority: u64,
+    },
+    /// The node assigned to (execution, task) reports, honestly or not.
+    Result {
+        execution: u64,
+        task: u32,
+        honest: bool,
+        impostor: Option<usize>,
+    },
+    Validate {
+        execution: u64,
+        task: u32,
+        honest: bool,
+    },
+    Vote {
+        member: usize,
+        execution: u64,
+        task: u32,
+        honest: bool,
+    },
+    Liveness {
+        member: usize,
+        node: usize,
+        unresponsive: bool,
+    },
+    BadSignature {
+        who: usize,
+    },
+    Advance {
+        ms: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let who = 0..ACTORS;
+    let usdc = prop_oneof![0u64..10 * USDC, 1_000 * USDC..5_000 * USDC, Just(u64::MAX)];
+    prop_oneof![
+        (any::<bool>(), who.clone(), usdc.clone()).prop_map(|(by_authority, to, amount)| Op::Mint {
+            by_authority,
+            to,
+            amount
+        }),
+        (who.clone(), who.clone(), usdc.clone()).prop_map(|(from, to, amount)| Op::Transfer { from, to, amount }),
+        (who.clone(), 0u64..20, 0u8..4).prop_map(|(who, vram_gb, tasks)| Op::RegisterNode { who, vram_gb, tasks }),
+        (who.clone(), usdc.clone()).prop_map(|(who, amount)| Op::Stake { who, amount }),
+        (who.clone(), usdc).prop_map(|(who, amount)| Op::RequestUnstake { who, amount }),
+        who.clone().prop_map(|who| Op::Withdraw { who }),
+        who.clone().prop_map(|who| Op::Heartbeat { who }),
+        (who.clone(), 0u64..3, 0u64..200).prop_map(|(who, model, priority)| Op::Submit { who, model, priority }),
+        (1u64..5, 0u32..4, any::<bool>(), proptest::option::of(who.clone())).prop_map(
+            |(execution, task, honest, impostor)| Op::Result {
+                execution,
+                task,
+                honest,
+                impostor
+            }
+        ),
+        (1u64..5, 0u32..4, any::<bool>()).prop_map(|(execution, task, honest)| Op::Validate {
+            execution,
+            task,
+            honest
+        }),
+        (0usize..4, 1u64..5, 0u32..4, any::<bool>()).prop_map(|(member, execution, task, honest)| Op::Vote {
+            member,
+            execution,
+            task,
+            honest
+        }),
+        (0usize..4, who.clone(), any::<bool>()).prop_map(|(member, node, unresponsive)| Op::Liveness {
+            member,
+            node,
+            unresponsive
+        }),
+        who.prop_map(|who| Op::BadSignature { who }),
+        prop_oneof![1u64..5_000, 30_000u64..200_000, Just(25 * 3600 * 1000)].prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+fn truth(execution: u64, task: u32) -> [u8; 32] {
+    *blake3::hash(&[&execution.to_le_bytes()[..], &task.to_le_bytes()].concat()).as_bytes()
+}
+
+/// The signer and instruction an op stands for (None: nothing to send).
+fn materialise(w: &World, op: &Op) -> Option<(Keypair, Instruction)> {
+    let a = |i: usize| w.actors[i].clone();
+    let run = |e: u64, t: u32| {
+        w.ledger
+            .executions
+            .get(&e)
+            .and_then(|x| x.tasks.get((t as usize).wrapping_sub(1)))
+    };
+    Some(match op.clone() {
+        Op::Mint {
+            by_authority,
+            to,
+            amount,
+        } => (
+            if by_authority { w.authority.clone() } else { a(to) },
+            Instruction::Mint {
+                to: a(to).pubkey(),
+                amount,
+            },
+        ),
+        Op::Transfer { from, to, amount } => (
+            a(from),
+            Instruction::Transfer {
+                to: a(to).pubkey(),
+                amount,
+            },
+        ),
+        Op::RegisterNode { who, vram_gb, tasks } => (
+            a(who),
+            Instruction::RegisterNode {
+                vram: vram_gb * GB,
+                supports: (1..=tasks as u32).map(|t| (1, t)).collect(),
+            },
+        ),
+        Op::Stake { who, amount } => (a(who), Instruction::Stake { amount }),
+        Op::RequestUnstake { who, amount } => (a(who), Instruction::RequestUnstake { amount }),
+        Op::Withdraw { who } => (a(who), Instruction::Withdraw),
+        Op::Heartbeat { who } => (a(who), Instruction::Heartbeat),
+        Op::Submit { who, model, priority } => (
+            a(who),
+            Instruction::SubmitExecution {
+                model,
+                priority,
+                input_commitment: [0; 32],
+            },
+        ),
+        Op::Result {
+            execution,
+            task,
+            honest,
+            impostor,
+        } => {
+            let signer = match impostor {
+                Some(i) => a(i),
+                None => w.key_of(&run(execution, task)?.node?)?,
+            };
+            let commitment = if honest { truth(execution, task) } else { [0xEE; 32] };
+            (
+                signer,
+                Instruction::SubmitResult {
+                    execution,
+                    task,
+                    commitment,
+                    output_uris: vec!["file://out".into()],
+                },
+            )
+        }
+        Op::Validate {
+            execution,
+            task,
+            honest,
+        } => {
+            let signer = w.key_of(&run(execution, task)?.validator?)?;
+            let commitment = if honest { truth(execution, task) } else { [0xDD; 32] };
+            (
+                signer,
+                Instruction::SubmitValidation {
+                    execution,
+                    task,
+                    commitment,
+                },
+            )
+        }
+        Op::Vote {
+            member,
+            execution,
+            task,
+            honest,
+        } => {
+            let signer = if member < 3 { w.committee[member].clone() } else { a(0) };
+            (
+                signer,
+                Instruction::DisputeVote {
+                    execution,
+                    task,
+                    asserter_honest: honest,
+                },
+            )
+        }
+        Op::Liveness {
+            member,
+            node,
+            unresponsive,
+        } => {
+            let signer = if member < 3 { w.committee[member].clone() } else { a(1) };
+            (
+                signer,
+                Instruction::LivenessVote {
+                    node: a(node).pubkey(),
+                    unresponsive,
+                },
+            )
+        }
+        Op::BadSignature { .. } | Op::Advance { .. } => return None,
+    })
+}
+
+fn check_assignments(w: &World, events: &[Event]) -> Result<(), TestCaseError> {
+    for ev in events {
+        let (execution, task, node) = match ev {
+            Event::Assigned {
+                execution, task, node, ..
+            } => (*execution, *task, *node),
+            Event::ValidatorAssigned {
+                execution,
+                task,
+                validator,
+                ..
+            } => (*execution, *task, *validator),
+            _ => continue,
+        };
+        let n = &w.ledger.nodes[&node];
+        let e = &w.ledger.executions[&execution];
+        let def = &w.ledger.models[&e.model].def.tasks[task as usize - 1];
+        prop_assert_eq!(n.status, NodeStatus::Active, "assigned to an unresponsive node");
+        prop_assert!(!n.suspect, "assigned to a node that missed its heartbeats");
+        prop_assert!(
+            n.supports.contains(&(e.model, task)),
+            "assigned to a node that does not support the task"
+        );
+        prop_assert!(n.vram >= def.vram, "assigned to a node without the VRAM");
+        prop_assert!(
+            n.free_stake() >= w.ledger.stake_required(n.vram),
+            "assigned to an under-staked node"
+        );
+        let cost = w.ledger.task_cost(def);
+        prop_assert!(
+            security_holds(&w.ledger.params, cost, w.ledger.slash_amount(cost, n)),
+            "assigned although p(1-r)(R+S) <= C"
+        );
+    }
+    Ok(())
+}
+
+fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut w = World::new(challenge_ppm);
+    // Fund and stake two capable nodes so that assignment paths are reached.
+    for i in 1..3 {
+        let k = w.actors[i].clone();
+        let auth = w.authority.clone();
+        w.send(
+            &auth,
+            Instruction::Mint {
+                to: k.pubkey(),
+                amount: 10_000 * USDC,
+            },
+        )
+        .unwrap();
+        w.send(
+            &k,
+            Instruction::RegisterNode {
+                vram: 8 * GB,
+                supports: vec![(1, 1), (1, 2)],
+            },
+        )
+        .unwrap();
+        w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
+    }
+    let user = w.actors[0].clone();
+    let auth = w.authority.clone();
+    w.send(
+        &auth,
+        Instruction::Mint {
+            to: user.pubkey(),
+            amount: 100 * USDC,
+        },
+    )
+    .unwrap();
+    w.ledger.poll_events();
+    for op in ops {
+        if let Op::Advance { ms } = op {
+            w.now += ms;
+            w.ledger.tick(w.now, &w.beacon);
+            let events = w.ledger.poll_events();
+            check_assignments(&w, &events)?;
+            prop_assert_eq!(w.ledger.money_total(), w.ledger.supply as u128, "money after a tick");
+            continue;
+        }
+        if let Op::BadSignature { who } = op {
+            let k = w.actors[who].clone();
+            let mut tx = SignedTx::sign(&k, w.nonce(&k), Instruction::Heartbeat);
+            tx.signature[7] ^= 0x40;
+            let before = w.ledger.clone();
+            prop_assert_eq!(w.ledger.submit(&tx, w.now, &w.beacon), Err(ProtocolError::BadSignature));
+            prop_assert!(w.ledger == before, "a badly signed instruction changed the state");
+            continue;
+        }
+        let Some((signer, ix)) = materialise(&w, &op) else {
+            continue;
+        };
+        let before = w.ledger.clone();
+        let tx = SignedTx::sign(&signer, w.nonce(&signer), ix);
+        match w.ledger.submit(&tx, w.now, &w.beacon) {
+            Ok(()) => {
+                let events = w.ledger.poll_events();
+                check_assignments(&w, &events)?;
+                // Replaying the very same signed instruction must fail and change nothing.
+                let after = w.ledger.clone();
+                let replay = w.ledger.submit(&tx, w.now, &w.beacon);
+                prop_assert!(
+                    matches!(replay, Err(ProtocolError::BadNonce { .. })),
+                    "replay accepted: {:?}",
+                    replay
+                );
+                prop_assert!(w.ledger == after, "a replay changed the state");
+            }
+            Err(e) => {
+                prop_assert!(e.code() >= 1 && e.code() <= 12);
+                prop_assert!(w.ledger == before, "rejected {:?} ({}) but the state changed", op, e);
+            }
+        }
+        prop_assert_eq!(w.ledger.money_total(), w.ledger.supply as u128, "money after {:?}", op);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn invariants_hold_with_default_p(ops in proptest::collection::vec(op(), 1..60)) {
+        run_ops(80_000, ops)?;
+    }
+
+    /// p = 1: every result is challenged, so validation, dispute and slash paths run often.
+    #[test]
+    fn invariants_hold_when_everything_is_challenged(ops in proptest::collection::vec(op(), 1..60)) {
+        run_ops(1_000_000, ops)?;
+    }
+}
+
+#[test]
+fn a_cheater_is_slashed_and_the_task_recomputed() {
+    let mut w = World::new(1_000_000);
+    for i in 1..4 {
+        let k = w.actors[i].clone();
+        let auth = w.authority.clone();
+        w.send(
+            &auth,
+            Instruction::Mint {
+                to: k.pubkey(),
+                amount: 10_000 * USDC,
+            },
+        )
+        .unwrap();
+        w.send(
+            &k,
+            Instruction::RegisterNode {
+                vram: 8 * GB,
+                supports: vec![(1, 1), (1, 2)],
+            },
+        )
+        .unwrap();
+        w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
+    }
+    let user = w.actors[0].clone();
+    let auth = w.authority.clone();
+    w.send(
+        &auth,
+        Instruction::Mint {
+            to: user.pubkey(),
+            amount: 100 * USDC,
+        },
+    )
+    .unwrap();
+    w.send(
+        &user,
+        Instruction::SubmitExecution {
+            model: 1,
+            priority: 0,
+            input_commitment: [0; 32],
+        },
+    )
+    .unwrap();
+    let cheater = w.ledger.executions[&1].tasks[0].node.unwrap();
+    let ck = w.key_of(&cheater).unwrap();
+    w.send(
+        &ck,
+        Instruction::SubmitResult {
+            execution: 1,
+            task: 1,
+            commitment: [0xEE; 32],
+            output_uris: vec![],
+        },
+    )
+    .unwrap();
+    let v = w.ledger.executions[&1].tasks[0]
+        .validator
+        .expect("p = 1 challenges every result");
+    assert_ne!(v, cheater, "a node never validates itself");
+    let vk = w.key_of(&v).unwrap();
+    w.send(
+        &vk,
+        Instruction::SubmitValidation {
+            execution: 1,
+            task: 1,
+            commitment: truth(1, 1),
+        },
+    )
+    .unwrap();
+    assert_eq!(w.ledger.executions[&1].tasks[0].status, TaskStatus::Disputed);
+    let stake_before = w.ledger.nodes[&cheater].stake;
+    for m in 0..2 {
+        let mk = w.committee[m].clone();
+        w.send(
+            &mk,
+            Instruction::DisputeVote {
+                execution: 1,
+                task: 1,
+                asserter_honest: false,
+            },
+        )
+        .unwrap();
+    }
+    let slashed = stake_before - w.ledger.nodes[&cheater].stake;
+    assert_eq!(slashed, 500 * USDC, "min(max(10 C, 500 USDC), stake)");
+    let r = &w.ledger.executions[&1].tasks[0];
+    assert!(r.excluded.contains(&cheater));
+    assert_eq!(r.status, TaskStatus::Assigned, "the task is recomputed by another node");
+    assert_ne!(r.node, Some(cheater));
+    assert_eq!(w.ledger.money_total(), w.ledger.supply as u128);
+    // The VRF proof of the draw is stored and verifies against the beacon key.
+    let events_proof = w.ledger.executions[&1].tasks[0].draw.clone();
+    assert!(events_proof.is_none(), "a recomputed task has not been drawn yet");
+}
+
+#[test]
+fn draws_are_verifiable_by_anyone() {
+    let mut w = World::new(80_000);
+    let k = w.actors[1].clone();
+    let auth = w.authority.clone();
+    w.send(
+        &auth,
+        Instruction::Mint {
+            to: k.pubkey(),
+            amount: 10_000 * USDC,
+        },
+    )
+    .unwrap();
+    w.send(
+        &k,
+        Instruction::RegisterNode {
+            vram: 8 * GB,
+            supports: vec![(1, 1), (1, 2)],
+        },
+    )
+    .unwrap();
+    w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
+    let user = w.actors[0].clone();
+    w.send(
+        &auth,
+        Instruction::Mint {
+            to: user.pubkey(),
+            amount: 100 * USDC,
+        },
+    )
+    .unwrap();
+    w.send(
+        &user,
+        Instruction::SubmitExecution {
+            model: 1,
+            priority: 0,
+            input_commitment: [0; 32],
+        },
+    )
+    .unwrap();
+    let hash_before = w.ledger.blockhash;
+    w.send(
+        &k,
+        Instruction::SubmitResult {
+            execution: 1,
+            task: 1,
+            commitment: truth(1, 1),
+            output_uris: vec![],
+        },
+    )
+    .unwrap();
+    let proof = w.ledger.executions[&1].tasks[0].draw.clone().unwrap();
+    let mut alpha = hash_before.to_vec();
+    alpha.extend_from_slice(&1u64.to_le_bytes());
+    alpha.extend_from_slice(&1u32.to_le_bytes());
+    alpha.extend_from_slice(&truth(1, 1));
+    assert!(
+        splitup_protocol::crypto::vrf_verify(&w.ledger.beacon, &alpha, &proof).is_some(),
+        "the stored proof verifies against the beacon's public key"
+    );
+}
