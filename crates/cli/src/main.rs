@@ -7,6 +7,7 @@
 //! 2 the command line is invalid; 3 a split run disagreed with the unsplit run.
 
 mod commands;
+mod network;
 mod util;
 
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,74 @@ enum Command {
     Generate(GenerateArgs),
     /// Simulate a whole network against the protocol's rules (deterministic; replays from --seed).
     Sim(SimArgs),
+    /// The embedded ledger (the network's rules behind HTTP, durable in SQLite).
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Local networks only: mint test USDC to a key.
+    Faucet(FaucetArgs),
+    /// Show a key's balance (and its node, if it is one).
+    Balance(KeyedArgs),
+    /// List the nodes the ledger knows.
+    Nodes(LedgerUrl),
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Start the ledger: keys, genesis and log in --data; replays the log on restart.
+    Start(LedgerStartArgs),
+}
+
+#[derive(Args)]
+pub struct LedgerStartArgs {
+    /// Data directory (created if missing): ledger.sqlite, keys/, blobs/.
+    #[arg(long, default_value = "splitup-data")]
+    pub data: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: std::net::SocketAddr,
+    /// Challenge probability p at genesis (ignored if the data directory already has a genesis).
+    #[arg(long, default_value_t = 0.08)]
+    pub p: f64,
+    /// Run as a public network: no faucet.
+    #[arg(long)]
+    pub no_faucet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a new key file (refuses to overwrite).
+    New {
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct LedgerUrl {
+    /// The ledger's URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    pub ledger: String,
+}
+
+#[derive(Args)]
+pub struct KeyedArgs {
+    #[command(flatten)]
+    pub ledger: LedgerUrl,
+    /// The key file (from `splitup keys new`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+#[derive(Args)]
+pub struct FaucetArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// USDC to mint.
+    #[arg(long, default_value_t = 1000)]
+    pub amount: u64,
 }
 
 #[derive(Args)]
@@ -216,6 +285,11 @@ fn main() {
         Command::Run(a) => commands::run(a),
         Command::Generate(a) => commands::generate(a),
         Command::Sim(a) => commands::sim(a),
+        Command::Ledger(LedgerCommand::Start(a)) => network::ledger_start(a),
+        Command::Keys(KeysCommand::New { output }) => network::keys_new(&output),
+        Command::Faucet(a) => network::faucet(a),
+        Command::Balance(a) => network::balance(a),
+        Command::Nodes(a) => network::nodes(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,253 @@
+//! The ledger as a real process on 127.0.0.1: bad input gets a clear 4xx and
+//! changes nothing; acknowledged instructions survive `kill -9`.
+
+use serde_json::{json, Value};
+use splitup_ledger::keys;
+use splitup_protocol::{Instruction, Keypair, SignedTx, USDC};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+struct Ledger {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path) -> Ledger {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_splitup"))
+        .args(["ledger", "start", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Ledger { child, url }
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn get(l: &Ledger, path: &str) -> (u16, Value) {
+    let r = http().get(format!("{}{path}", l.url)).send().unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn post_raw(l: &Ledger, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}{path}", l.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn send(l: &Ledger, tx: &SignedTx) -> (u16, Value) {
+    post_raw(l, "/v1/tx", serde_json::to_vec(tx).unwrap())
+}
+
+fn nonce(l: &Ledger, k: &Keypair) -> u64 {
+    get(l, &format!("/v1/accounts/{}", k.pubkey().hex())).1["nonce"]
+        .as_u64()
+        .unwrap()
+}
+
+fn balance(l: &Ledger, k: &Keypair) -> u64 {
+    get(l, &format!("/v1/accounts/{}", k.pubkey().hex())).1["balance"]
+        .as_u64()
+        .unwrap()
+}
+
+fn faucet(l: &Ledger, k: &Keypair, usdc: u64) {
+    let (s, v) = post_raw(
+        l,
+        "/v1/faucet",
+        serde_json::to_vec(&json!({ "to": k.pubkey().hex(), "amount_usdc": usdc })).unwrap(),
+    );
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_and_change_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let l = start(d.path());
+    let (alice, bob) = (keys::generate(), keys::generate());
+    faucet(&l, &alice, 100);
+    let good = SignedTx::sign(
+        &alice,
+        nonce(&l, &alice),
+        Instruction::Transfer {
+            to: bob.pubkey(),
+            amount: 5 * USDC,
+        },
+    );
+    assert_eq!(send(&l, &good).0, 200);
+    let instructions = get(&l, "/v1/status").1["instructions"].as_u64().unwrap();
+    let alice_before = balance(&l, &alice);
+
+    let (s, v) = post_raw(&l, "/v1/tx", b"{\"signer\": [1, 2".to_vec());
+    assert_eq!((s, v["code"].as_u64()), (400, Some(100)), "malformed JSON: {v}");
+    assert!(v["error"].as_str().unwrap().contains("malformed"));
+    let (s, _) = post_raw(&l, "/v1/tx", vec![b' '; 2 * 1024 * 1024]);
+    assert_eq!(s, 413, "oversized body");
+    // Signed by a key other than the signer it names.
+    let mut forged = SignedTx::sign(
+        &bob,
+        nonce(&l, &alice),
+        Instruction::Transfer {
+            to: bob.pubkey(),
+            amount: 50 * USDC,
+        },
+    );
+    forged.signer = alice.pubkey();
+    let (s, v) = send(&l, &forged);
+    assert_eq!((s, v["code"].as_u64()), (401, Some(1)), "{v}");
+    // Unsigned (all-zero signature).
+    let mut unsigned = SignedTx::sign(
+        &alice,
+        nonce(&l, &alice),
+        Instruction::Transfer {
+            to: bob.pubkey(),
+            amount: 1,
+        },
+    );
+    unsigned.signature = [0; 64];
+    assert_eq!(send(&l, &unsigned).0, 401);
+    // Replay of an accepted instruction.
+    let (s, v) = send(&l, &good);
+    assert_eq!((s, v["code"].as_u64()), (409, Some(2)), "replay: {v}");
+    // Unknown ids and keys.
+    assert_eq!(get(&l, "/v1/executions/999").0, 404);
+    assert_eq!(get(&l, "/v1/models/77").0, 404);
+    assert_eq!(get(&l, "/v1/accounts/not-a-key").0, 400);
+    let dereg = SignedTx::sign(&alice, nonce(&l, &alice), Instruction::DeactivateModel { model: 42 });
+    let (s, v) = send(&l, &dereg);
+    assert_eq!((s, v["code"].as_u64()), (404, Some(4)), "{v}");
+    // Blobs whose hash does not match their content.
+    let data = b"task weights".to_vec();
+    let hash = blake3::hash(&data).to_hex().to_string();
+    let wrong = blake3::hash(b"other").to_hex().to_string();
+    let r = http()
+        .put(format!("{}/v1/blobs/{wrong}", l.url))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        get(&l, &format!("/v1/blobs/{wrong}")).0,
+        404,
+        "a refused blob is not stored"
+    );
+    let r = http()
+        .put(format!("{}/v1/blobs/{hash}", l.url))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let back = http()
+        .get(format!("{}/v1/blobs/{hash}", l.url))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(back.as_ref(), data.as_slice());
+    assert_eq!(get(&l, "/v1/blobs/..%2F..%2Fetc%2Fpasswd").0, 400);
+
+    assert_eq!(
+        get(&l, "/v1/status").1["instructions"].as_u64().unwrap(),
+        instructions,
+        "rejected requests changed the ledger"
+    );
+    assert_eq!(balance(&l, &alice), alice_before);
+    assert_eq!(balance(&l, &bob), 5 * USDC);
+}
+
+#[test]
+fn acknowledged_instructions_survive_kill_9_and_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let users: Vec<Keypair> = (0..4).map(|_| keys::generate()).collect();
+    let mut expected = Vec::new();
+    {
+        let l = start(d.path());
+        for (i, u) in users.iter().enumerate() {
+            faucet(&l, u, 10 + i as u64);
+        }
+        // A chain of acknowledged transfers.
+        for i in 0..6 {
+            let (from, to) = (&users[i % 4], &users[(i + 1) % 4]);
+            let tx = SignedTx::sign(
+                from,
+                nonce(&l, from),
+                Instruction::Transfer {
+                    to: to.pubkey(),
+                    amount: USDC,
+                },
+            );
+            let (s, v) = send(&l, &tx);
+            assert_eq!(s, 200, "{v}");
+        }
+        for u in &users {
+            expected.push((balance(&l, u), nonce(&l, u)));
+        }
+        // `l` is dropped here: SIGKILL, no shutdown path runs.
+    }
+    let l = start(d.path());
+    for (u, want) in users.iter().zip(&expected) {
+        assert_eq!((balance(&l, u), nonce(&l, u)), *want, "state after kill -9 and restart");
+    }
+    // The next nonce continues where the acknowledged ones stopped.
+    let tx = SignedTx::sign(
+        &users[0],
+        expected[0].1,
+        Instruction::Transfer {
+            to: users[1].pubkey(),
+            amount: 1,
+        },
+    );
+    assert_eq!(send(&l, &tx).0, 200);
+}
+
+#[test]
+fn keys_faucet_and_balance_from_the_command_line() {
+    let d = tempfile::tempdir().unwrap();
+    let l = start(&d.path().join("data"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_splitup"))
+            .args(args)
+            .current_dir(d.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["keys", "new", "-o", "me.json"]);
+    assert!(o.status.success());
+    let pubkey = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(pubkey.len(), 64);
+    let o = run(&["keys", "new", "-o", "me.json"]);
+    assert_eq!(o.status.code(), Some(1), "refuses to overwrite a key");
+    let o = run(&["faucet", "--ledger", &l.url, "--key", "me.json", "--amount", "250"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["balance", "--ledger", &l.url, "--key", "me.json"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains(&pubkey) && out.contains("250.000000 USDC"), "{out}");
+    let o = run(&["balance", "--ledger", "http://127.0.0.1:9", "--key", "me.json"]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("cannot reach the ledger"), "{err}");
+}

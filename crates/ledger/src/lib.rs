@@ -1,0 +1,10 @@
+//! The embedded ledger: the protocol state machine behind an HTTP/JSON API,
+//! durable in a SQLite instruction log, with a clock (the shell reads the
+//! clock; the state machine is given the time), a VRF beacon key, an
+//! in-process committee of three oracle keys, and a content-addressed blob
+//! store served over HTTP.
+
+pub mod blobs;
+pub mod keys;
+pub mod log;
+pub mod server;

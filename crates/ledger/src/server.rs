@@ -1,0 +1,477 @@
+//! The ledger server: `Core` (state machine + log + keys) and its HTTP API.
+//!
+//! Every state change arrives as a signed instruction on `POST /v1/tx` (the
+//! faucet and the committee sign theirs with keys held in the data
+//! directory). An instruction is applied, then appended to the log and
+//! committed, and only then acknowledged. If the commit fails the process
+//! aborts: the state in memory is ahead of the log, and a restart rebuilds it
+//! from the log, which holds exactly what was acknowledged.
+
+use crate::blobs::{BlobError, BlobStore, BLOB_BYTES_MAX};
+use crate::keys;
+use crate::log::{Entry, Log, LogError};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use splitup_protocol::state::Ledger;
+use splitup_protocol::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Largest signed instruction accepted (a model registration with many tasks fits).
+pub const TX_BYTES_MAX: usize = 1024 * 1024;
+/// Largest faucet grant per request, in USDC.
+pub const FAUCET_USDC_MAX: u64 = 100_000;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// Challenge probability at genesis (ignored when the data directory exists).
+    pub challenge_ppm: u64,
+    /// A local network: the faucet mints on request.
+    pub local: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+    #[error("genesis refused: {0}")]
+    Genesis(ProtocolError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Core {
+    pub ledger: Ledger,
+    beacon: VrfBeacon,
+    authority: Keypair,
+    committee: Vec<Keypair>,
+    log: Log,
+    last_now: Millis,
+    local: bool,
+}
+
+fn wall_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// Opens the data directory: keys (created on first start), genesis, and
+    /// the log, replayed through the state machine.
+    pub fn open(cfg: &Config) -> Result<Core, ServerError> {
+        std::fs::create_dir_all(&cfg.data)
+            .map_err(|e| ServerError::Other(format!("cannot create {}: {e}", cfg.data.display())))?;
+        let kd = cfg.data.join("keys");
+        let authority = keys::read_or_create(&kd.join("mint-authority.json"))?;
+        let committee: Vec<Keypair> = (0..3)
+            .map(|i| keys::read_or_create(&kd.join(format!("committee-{i}.json"))))
+            .collect::<Result<_, _>>()?;
+        let beacon_seed = keys::read_or_create(&kd.join("beacon.json"))?.seed();
+        let beacon = VrfBeacon::from_seed(beacon_seed);
+        let log = Log::open(&cfg.data.join("ledger.sqlite"))?;
+        let genesis = match log.meta("genesis")? {
+            Some(g) => serde_json::from_str::<Genesis>(&g)
+                .map_err(|e| ServerError::Other(format!("stored genesis is unreadable: {e}")))?,
+            None => {
+                let g = Genesis {
+                    params: Params {
+                        challenge_ppm: cfg.challenge_ppm,
+                        ..Params::default()
+                    },
+                    mint_authority: authority.pubkey(),
+                    committee: [committee[0].pubkey(), committee[1].pubkey(), committee[2].pubkey()],
+                    beacon: beacon.public_key(),
+                };
+                Ledger::genesis(g.clone()).map_err(ServerError::Genesis)?;
+                log.set_meta("genesis", &serde_json::to_string(&g).unwrap())?;
+                g
+            }
+        };
+        if genesis.beacon != beacon.public_key() || genesis.mint_authority != authority.pubkey() {
+            return Err(ServerError::Other(
+                "the keys in the data directory do not match its genesis".into(),
+            ));
+        }
+        let mut ledger = Ledger::genesis(genesis).map_err(ServerError::Genesis)?;
+        let mut last_now = 0;
+        log.replay(|_, e| {
+            match e {
+                Entry::Tx { now, tx } => {
+                    ledger
+                        .submit(&tx, now, &beacon)
+                        .map_err(|e| format!("a logged instruction is now rejected: {e}"))?;
+                    last_now = now;
+                }
+                Entry::Tick { now } => {
+                    ledger.tick(now, &beacon);
+                    last_now = now;
+                }
+            }
+            ledger.poll_events();
+            Ok(())
+        })?;
+        Ok(Core {
+            ledger,
+            beacon,
+            authority,
+            committee,
+            log,
+            last_now,
+            local: cfg.local,
+        })
+    }
+
+    fn now(&mut self) -> Millis {
+        self.last_now = wall_ms().max(self.last_now);
+        self.last_now
+    }
+
+    fn durable(&self, e: &Entry) -> i64 {
+        match self.log.append(e) {
+            Ok(seq) => seq,
+            Err(err) => {
+                // The state is ahead of the log; the log is the truth. Restart rebuilds it.
+                eprintln!("fatal: cannot make an accepted instruction durable: {err}");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Applies a signed instruction, makes it durable, and returns its log
+    /// sequence number and the events it caused.
+    pub fn submit(&mut self, tx: SignedTx) -> Result<(i64, Vec<Event>), ProtocolError> {
+        let now = self.now();
+        self.ledger.submit(&tx, now, &self.beacon)?;
+        let seq = self.durable(&Entry::Tx { now, tx: Box::new(tx) });
+        let events = self.ledger.poll_events();
+        self.react(&events);
+        Ok((seq, events))
+    }
+
+    pub fn tick(&mut self) {
+        let now = self.now();
+        self.ledger.tick(now, &self.beacon);
+        self.durable(&Entry::Tick { now });
+        let events = self.ledger.poll_events();
+        self.react(&events);
+    }
+
+    fn sign(&self, key: &Keypair, ix: Instruction) -> SignedTx {
+        let nonce = self.ledger.accounts.get(&key.pubkey()).map(|a| a.nonce).unwrap_or(0);
+        SignedTx::sign(key, nonce, ix)
+    }
+
+    /// The in-process oracle committee: two members confirm a node the
+    /// ledger saw miss its heartbeats.
+    fn react(&mut self, events: &[Event]) {
+        for ev in events {
+            if let Event::Suspect { node } = ev {
+                for m in 0..2 {
+                    let tx = self.sign(
+                        &self.committee[m].clone(),
+                        Instruction::LivenessVote {
+                            node: *node,
+                            unresponsive: true,
+                        },
+                    );
+                    let _ = self.submit(tx);
+                }
+            }
+        }
+    }
+
+    pub fn faucet(&mut self, to: Pubkey, amount: Micro) -> Result<(i64, Vec<Event>), ProtocolError> {
+        if !self.local {
+            return Err(ProtocolError::Unauthorized(
+                "the faucet exists on local networks only".into(),
+            ));
+        }
+        let tx = self.sign(&self.authority.clone(), Instruction::Mint { to, amount });
+        self.submit(tx)
+    }
+}
+
+pub fn parse_pubkey(s: &str) -> Option<Pubkey> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Pubkey(out))
+}
+
+struct AppState {
+    core: Mutex<Core>,
+    blobs: BlobStore,
+}
+
+type Shared = Arc<AppState>;
+
+fn error(status: StatusCode, code: u32, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into(), "code": code }))).into_response()
+}
+
+fn protocol_error(e: ProtocolError) -> Response {
+    let status = match e.code() {
+        1 => StatusCode::UNAUTHORIZED,
+        2 => StatusCode::CONFLICT,
+        3 => StatusCode::FORBIDDEN,
+        4 => StatusCode::NOT_FOUND,
+        6 | 7 => StatusCode::PAYMENT_REQUIRED,
+        12 => StatusCode::LOCKED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, e.code(), e.to_string())
+}
+
+fn accepted(seq: i64, events: &[Event]) -> Response {
+    Json(json!({ "ok": true, "seq": seq, "events": events })).into_response()
+}
+
+async fn post_tx(State(s): State<Shared>, body: Bytes) -> Response {
+    let tx: SignedTx = match serde_json::from_slice(&body) {
+        Ok(tx) => tx,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                100,
+                format!("malformed signed instruction: {e}"),
+            )
+        }
+    };
+    let mut core = s.core.lock().unwrap();
+    match core.submit(tx) {
+        Ok((seq, events)) => accepted(seq, &events),
+        Err(e) => protocol_error(e),
+    }
+}
+
+async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, 100, format!("malformed JSON: {e}")),
+    };
+    let Some(to) = v.get("to").and_then(|t| t.as_str()).and_then(parse_pubkey) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            101,
+            "\"to\" must be a public key (64 hex digits)",
+        );
+    };
+    let usdc = v.get("amount_usdc").and_then(|a| a.as_u64()).unwrap_or(1000);
+    if usdc == 0 || usdc > FAUCET_USDC_MAX {
+        return error(
+            StatusCode::BAD_REQUEST,
+            101,
+            format!("amount_usdc must be 1 to {FAUCET_USDC_MAX}"),
+        );
+    }
+    let mut core = s.core.lock().unwrap();
+    match core.faucet(to, usdc * USDC) {
+        Ok((seq, events)) => accepted(seq, &events),
+        Err(e) => protocol_error(e),
+    }
+}
+
+async fn get_status(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    let l = &core.ledger;
+    Json(json!({
+        "instructions": l.instructions,
+        "blockhash": Pubkey(l.blockhash).hex(),
+        "now_ms": core.last_now,
+        "accounts": l.accounts.len(),
+        "nodes": l.nodes.len(),
+        "models": l.models.len(),
+        "executions": l.executions.len(),
+        "supply": l.supply,
+        "treasury": l.treasury,
+    }))
+    .into_response()
+}
+
+async fn get_genesis(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    let l = &core.ledger;
+    Json(json!({
+        "params": l.params,
+        "mint_authority": l.mint_authority.hex(),
+        "committee": l.committee.iter().map(|k| k.hex()).collect::<Vec<_>>(),
+        "beacon": l.beacon.hex(),
+        "local": core.local,
+    }))
+    .into_response()
+}
+
+async fn get_account(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
+    let Some(k) = parse_pubkey(&key) else {
+        return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
+    };
+    let core = s.core.lock().unwrap();
+    let a = core.ledger.accounts.get(&k).cloned().unwrap_or_default();
+    Json(json!({ "key": k.hex(), "balance": a.balance, "nonce": a.nonce, "node": core.ledger.nodes.get(&k).map(|n| node_view(&k, n)) })).into_response()
+}
+
+fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> Value {
+    json!({
+        "key": k.hex(),
+        "vram": n.vram,
+        "stake": n.stake,
+        "status": format!("{:?}", n.status),
+        "suspect": n.suspect,
+        "load": n.load,
+        "last_heartbeat_ms": n.last_heartbeat,
+        "supports": n.supports,
+        "slashed_total": n.slashed_total,
+        "earned_total": n.earned_total,
+    })
+}
+
+async fn get_nodes(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    Json(Value::Array(
+        core.ledger.nodes.iter().map(|(k, n)| node_view(k, n)).collect(),
+    ))
+    .into_response()
+}
+
+async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, 101, "execution ids are numbers");
+    };
+    let core = s.core.lock().unwrap();
+    let Some(e) = core.ledger.executions.get(&id) else {
+        return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}"));
+    };
+    let tasks: Vec<Value> = e
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "task": i + 1,
+                "status": format!("{:?}", r.status),
+                "node": r.node.map(|n| n.hex()),
+                "attempts": r.attempts,
+                "challenged": r.challenged,
+                "validator": r.validator.map(|v| v.hex()),
+                "outcome": r.outcome,
+                "output_uris": r.output_uris,
+            })
+        })
+        .collect();
+    Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "status": e.status, "escrow": e.escrow, "tasks": tasks })).into_response()
+}
+
+async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, 101, "model ids are numbers");
+    };
+    let core = s.core.lock().unwrap();
+    match core.ledger.models.get(&id) {
+        Some(m) => Json(json!({ "id": id, "owner": m.owner.hex(), "active": m.active, "def": m.def })).into_response(),
+        None => error(StatusCode::NOT_FOUND, 4, format!("unknown model {id}")),
+    }
+}
+
+async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
+    match s.blobs.put(&hash, &body) {
+        Ok(()) => Json(json!({ "ok": true, "blake3": hash, "bytes": body.len() })).into_response(),
+        Err(e @ (BlobError::BadName(_) | BlobError::Mismatch { .. })) => {
+            error(StatusCode::BAD_REQUEST, 102, e.to_string())
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, 500, e.to_string()),
+    }
+}
+
+async fn get_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>) -> Response {
+    match s.blobs.get(&hash) {
+        Ok(bytes) => bytes.into_response(),
+        Err(e @ BlobError::BadName(_)) => error(StatusCode::BAD_REQUEST, 102, e.to_string()),
+        Err(e @ BlobError::Missing(_)) => error(StatusCode::NOT_FOUND, 4, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, 500, e.to_string()),
+    }
+}
+
+fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
+    let state: Shared = Arc::new(AppState {
+        core: Mutex::new(core),
+        blobs,
+    });
+    let r = Router::new()
+        .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
+        .route("/v1/faucet", post(post_faucet).layer(DefaultBodyLimit::max(4096)))
+        .route("/v1/status", get(get_status))
+        .route("/v1/genesis", get(get_genesis))
+        .route("/v1/accounts/{key}", get(get_account))
+        .route("/v1/nodes", get(get_nodes))
+        .route("/v1/executions/{id}", get(get_execution))
+        .route("/v1/models/{id}", get(get_model))
+        .route(
+            "/v1/blobs/{hash}",
+            put(put_blob)
+                .layer(DefaultBodyLimit::max(BLOB_BYTES_MAX as usize))
+                .get(get_blob),
+        )
+        .with_state(state.clone());
+    (r, state)
+}
+
+/// Runs the ledger until SIGINT or SIGTERM. Prints the bound address first.
+pub async fn serve(cfg: Config) -> Result<(), ServerError> {
+    let core = Core::open(&cfg)?;
+    let replayed = core.ledger.instructions;
+    let blobs = BlobStore::open(&cfg.data.join("blobs"))?;
+    let (app, state) = router(core, blobs);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(|e| ServerError::Other(e.to_string()))?;
+    println!(
+        "ledger listening on http://{addr} (data {}, {replayed} instructions replayed)",
+        cfg.data.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let ticker = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                state.core.lock().unwrap().tick();
+            }
+        })
+    };
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServerError::Other(e.to_string()))?;
+    ticker.abort();
+    Ok(())
+}
