@@ -53,6 +53,91 @@ enum Command {
     Balance(KeyedArgs),
     /// List the nodes the ledger knows.
     Nodes(LedgerUrl),
+    /// Partition a model, upload its tasks and register it on the ledger.
+    Deploy(DeployArgs),
+    /// Submit an input to a deployed model; prints the execution id.
+    Submit(SubmitArgs),
+    /// Show an execution: per task its state, node, attempts, challenge and outcome.
+    Status(StatusArgs),
+    /// Download a completed execution's outputs as .npy files.
+    Fetch(FetchArgs),
+    /// Run a GPU node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Memory of every node, e.g. 12GiB.
+    #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
+    pub vram: u64,
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// The model id printed by `splitup deploy`.
+    pub model: u64,
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy", value_parser = util::parse_pair)]
+    pub inputs: Vec<(String, String)>,
+    #[arg(long, default_value_t = 0)]
+    pub priority: u64,
+    /// Wait for the execution to finish, then fetch its outputs into -o.
+    #[arg(long, requires = "output")]
+    pub wait: bool,
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub ledger: LedgerUrl,
+    pub execution: u64,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub ledger: LedgerUrl,
+    pub execution: u64,
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Register, stake, pre-load tasks, heartbeat and execute assignments until SIGINT/SIGTERM.
+    Start(NodeStartArgs),
+}
+
+#[derive(Args)]
+pub struct NodeStartArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// Memory this node offers.
+    #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
+    pub vram: u64,
+    /// USDC to stake (default: what the VRAM requires).
+    #[arg(long)]
+    pub stake: Option<u64>,
+    /// Tasks to support: MODEL or MODEL/TASK (repeat); default every task of every model.
+    #[arg(long, value_name = "MODEL[/TASK]")]
+    pub specialise: Vec<String>,
+    /// Threads per task session.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// TEST ONLY: return perturbed outputs (to exercise Proof of Sampling).
+    #[arg(long, hide = true)]
+    pub cheat: bool,
 }
 
 #[derive(Subcommand)]
@@ -290,6 +375,11 @@ fn main() {
         Command::Faucet(a) => network::faucet(a),
         Command::Balance(a) => network::balance(a),
         Command::Nodes(a) => network::nodes(a),
+        Command::Deploy(a) => network::deploy(a),
+        Command::Submit(a) => network::submit(a),
+        Command::Status(a) => network::status(a),
+        Command::Fetch(a) => network::fetch(a),
+        Command::Node(NodeCommand::Start(a)) => network::node_start(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

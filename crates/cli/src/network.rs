@@ -1,53 +1,16 @@
 //! Commands that talk to a ledger over HTTP.
 
 use crate::util::human;
-use crate::{FaucetArgs, KeyedArgs, LedgerStartArgs, LedgerUrl};
+use crate::{
+    DeployArgs, FaucetArgs, FetchArgs, KeyedArgs, LedgerStartArgs, LedgerUrl, NodeStartArgs, StatusArgs, SubmitArgs,
+};
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use splitup_ledger::{keys, server};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-/// A small blocking client for the ledger's JSON API.
-pub struct Client {
-    base: String,
-    http: reqwest::blocking::Client,
-}
-
-impl Client {
-    pub fn new(base: &str) -> Result<Client> {
-        let base = base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--ledger must be an http:// or https:// URL, not {base:?}");
-        }
-        let http = reqwest::blocking::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
-        Ok(Client { base, http })
-    }
-
-    fn check(&self, what: &str, r: reqwest::Result<reqwest::blocking::Response>) -> Result<Value> {
-        let r = r.with_context(|| {
-            format!(
-                "cannot reach the ledger at {} (is `splitup ledger start` running?)",
-                self.base
-            )
-        })?;
-        let status = r.status();
-        let body: Value = r.json().unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
-            bail!("{what}: the ledger answered {status}: {msg}");
-        }
-        Ok(body)
-    }
-
-    pub fn get(&self, path: &str) -> Result<Value> {
-        self.check(path, self.http.get(format!("{}{path}", self.base)).send())
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.check(path, self.http.post(format!("{}{path}", self.base)).json(body).send())
-    }
-}
+pub use splitup_node::Client;
 
 pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
     if !(0.0..=1.0).contains(&a.p) {
@@ -131,5 +94,151 @@ pub fn nodes(a: LedgerUrl) -> Result<i32> {
         );
     }
     println!("{} nodes", list.len());
+    Ok(0)
+}
+
+pub fn deploy(a: DeployArgs) -> Result<i32> {
+    let key = keys::read(&a.keyed.key)?;
+    let c = Client::new(&a.keyed.ledger.ledger)?;
+    let (g, b) = crate::commands::load_model(&a.model)?;
+    if !g.is_materialised() {
+        bail!(
+            "{} has weights described by shape only; only real weights can be deployed",
+            a.model.model
+        );
+    }
+    let opts = splitup_graph::partition::Options::uniform(a.vram);
+    let p = splitup_graph::partition::partition(&g, &b, &opts)?;
+    let name = std::path::Path::new(&a.model.model)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let files = splitup_graph::plan::build(&p, name.trim_start_matches('@'), &b, &opts, true)?;
+    crate::commands::print_plan(&files.manifest);
+    let pb = indicatif::ProgressBar::new(files.manifest.tasks.len() as u64);
+    let blobs: std::collections::BTreeMap<String, Vec<u8>> = files.files.into_iter().collect();
+    let id = splitup_node::ops::deploy(&c, &key, &files.manifest, &blobs, &|done, _| {
+        pb.set_position(done as u64)
+    })?;
+    pb.finish_and_clear();
+    println!("model {id} registered ({} tasks)", files.manifest.tasks.len());
+    Ok(0)
+}
+
+pub fn submit(a: SubmitArgs) -> Result<i32> {
+    let key = keys::read(&a.keyed.key)?;
+    let c = Client::new(&a.keyed.ledger.ledger)?;
+    let inputs = crate::util::read_inputs(&a.inputs)?;
+    let id = splitup_node::ops::submit(&c, &key, a.model, &inputs, a.priority)?;
+    println!("execution {id}");
+    if !a.wait {
+        return Ok(0);
+    }
+    let started = std::time::Instant::now();
+    let pb = indicatif::ProgressBar::new(0);
+    loop {
+        let e = c.get(&format!("/v1/executions/{id}"))?;
+        let tasks = e["tasks"].as_array().cloned().unwrap_or_default();
+        pb.set_length(tasks.len() as u64);
+        pb.set_position(tasks.iter().filter(|t| t["status"] == "Completed").count() as u64);
+        if e["status"] == "Completed" {
+            break;
+        }
+        if let Some(reason) = e["status"].get("Failed") {
+            pb.finish_and_clear();
+            bail!("execution {id} failed: {reason}");
+        }
+        if started.elapsed().as_secs() > a.timeout {
+            pb.finish_and_clear();
+            bail!(
+                "execution {id} did not finish within {} s (see `splitup status {id}`)",
+                a.timeout
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    pb.finish_and_clear();
+    let outputs = splitup_node::ops::fetch(&c, id)?;
+    for p in crate::util::write_outputs(a.output.as_ref().unwrap(), &outputs)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(0)
+}
+
+pub fn status(a: StatusArgs) -> Result<i32> {
+    let c = Client::new(&a.ledger.ledger)?;
+    let e = c.get(&format!("/v1/executions/{}", a.execution))?;
+    println!("execution {} of model {}: {}", a.execution, e["model"], e["status"]);
+    println!(
+        "{:>5} {:>11} {:<18} {:>8} {:>11} {}",
+        "task", "state", "node", "attempts", "challenged", "outcome"
+    );
+    for t in e["tasks"].as_array().cloned().unwrap_or_default() {
+        let node = t["node"]
+            .as_str()
+            .map(|n| n[..16].to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>5} {:>11} {:<18} {:>8} {:>11} {}",
+            t["task"],
+            t["status"].as_str().unwrap_or("?"),
+            node,
+            t["attempts"],
+            t["challenged"],
+            t["outcome"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+pub fn fetch(a: FetchArgs) -> Result<i32> {
+    let c = Client::new(&a.ledger.ledger)?;
+    let outputs = splitup_node::ops::fetch(&c, a.execution)?;
+    for p in crate::util::write_outputs(&a.output, &outputs)? {
+        println!("wrote {}", p.display());
+    }
+    Ok(0)
+}
+
+pub fn node_start(a: NodeStartArgs) -> Result<i32> {
+    let key = keys::read(&a.keyed.key)?;
+    let mut specialise = Vec::new();
+    for s in &a.specialise {
+        let (m, t) = match s.split_once('/') {
+            Some((m, t)) => (
+                m,
+                Some(
+                    t.parse::<u32>()
+                        .with_context(|| format!("--specialise {s}: the task must be a number"))?,
+                ),
+            ),
+            None => (s.as_str(), None),
+        };
+        specialise.push((
+            m.parse::<u64>()
+                .with_context(|| format!("--specialise {s}: the model must be a number"))?,
+            t,
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the SIGINT/SIGTERM handler")?;
+    let cfg = splitup_node::daemon::Config {
+        ledger: a.keyed.ledger.ledger.clone(),
+        key,
+        vram: a.vram,
+        stake: a.stake.map(|s| s * splitup_protocol::USDC),
+        specialise,
+        threads: a.threads,
+        heartbeat_every: std::time::Duration::from_secs(10),
+        poll_every: std::time::Duration::from_millis(100),
+        cheat: a.cheat,
+    };
+    splitup_node::daemon::run(&cfg, &stop, &|m| {
+        println!("{m}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
     Ok(0)
 }

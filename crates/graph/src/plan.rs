@@ -408,17 +408,26 @@ pub fn assemble_task(task: &TaskInfo, onnx_bytes: &[u8], st_bytes: &[u8]) -> Res
             });
         }
     }
-    let inv = |file: &str, msg: String| AssembleError::Invalid { file: file.into(), msg };
-    let mut model = ModelProto::decode(onnx_bytes).map_err(|e| inv(&task.graph.file, e.to_string()))?;
-    let weights: BTreeMap<String, Tensor> =
-        splitup_tensor::st::decode(st_bytes).map_err(|e| inv(&task.weights.file, e.to_string()))?;
-    let graph = model
-        .graph
-        .as_mut()
-        .ok_or_else(|| inv(&task.graph.file, "no graph".into()))?;
+    join_weights(onnx_bytes, st_bytes).map_err(|(which, msg)| AssembleError::Invalid {
+        file: if which == 0 {
+            task.graph.file.clone()
+        } else {
+            task.weights.file.clone()
+        },
+        msg,
+    })
+}
+
+/// Joins a task graph (initializers without data) and its safetensors
+/// weights into one runnable ONNX model. Errors say which input was wrong
+/// (0: the graph, 1: the weights) and why. Callers check hashes first.
+pub fn join_weights(onnx_bytes: &[u8], st_bytes: &[u8]) -> Result<Vec<u8>, (u8, String)> {
+    let mut model = ModelProto::decode(onnx_bytes).map_err(|e| (0, e.to_string()))?;
+    let weights: BTreeMap<String, Tensor> = splitup_tensor::st::decode(st_bytes).map_err(|e| (1, e.to_string()))?;
+    let graph = model.graph.as_mut().ok_or_else(|| (0, "no graph".to_string()))?;
     if graph.initializer.len() != weights.len() {
-        return Err(inv(
-            &task.weights.file,
+        return Err((
+            1,
             format!(
                 "holds {} tensors but the graph needs {}",
                 weights.len(),
@@ -429,11 +438,11 @@ pub fn assemble_task(task: &TaskInfo, onnx_bytes: &[u8], st_bytes: &[u8]) -> Res
     for init in &mut graph.initializer {
         let w = weights
             .get(&init.name)
-            .ok_or_else(|| inv(&task.weights.file, format!("missing weight {:?}", init.name)))?;
+            .ok_or_else(|| (1, format!("missing weight {:?}", init.name)))?;
         let dims: Vec<i64> = w.shape.iter().map(|&d| d as i64).collect();
         if dims != init.dims || w.dtype.onnx_code() != init.data_type {
-            return Err(inv(
-                &task.weights.file,
+            return Err((
+                1,
                 format!(
                     "weight {:?} is {:?} {} but the graph declares {:?}",
                     init.name, w.shape, w.dtype, init.dims

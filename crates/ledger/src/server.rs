@@ -372,11 +372,12 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>) ->
                 "challenged": r.challenged,
                 "validator": r.validator.map(|v| v.hex()),
                 "outcome": r.outcome,
+                "commitment": r.commitment.map(|c| Pubkey(c).hex()),
                 "output_uris": r.output_uris,
             })
         })
         .collect();
-    Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "status": e.status, "escrow": e.escrow, "tasks": tasks })).into_response()
+    Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "input": Pubkey(e.input_commitment).hex(), "status": e.status, "escrow": e.escrow, "tasks": tasks })).into_response()
 }
 
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
@@ -388,6 +389,37 @@ async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Res
         Some(m) => Json(json!({ "id": id, "owner": m.owner.hex(), "active": m.active, "def": m.def })).into_response(),
         None => error(StatusCode::NOT_FOUND, 4, format!("unknown model {id}")),
     }
+}
+
+async fn get_models(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    let list: Vec<Value> = core.ledger.models.iter().map(|(id, m)| json!({ "id": id, "name": m.def.name, "owner": m.owner.hex(), "active": m.active, "tasks": m.def.tasks.len() })).collect();
+    Json(Value::Array(list)).into_response()
+}
+
+/// What a node must do now: tasks assigned to it, and challenges it validates.
+async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
+    let Some(k) = parse_pubkey(&key) else {
+        return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
+    };
+    let core = s.core.lock().unwrap();
+    let l = &core.ledger;
+    if !l.nodes.contains_key(&k) {
+        return error(StatusCode::NOT_FOUND, 4, format!("unknown node {}", k.hex()));
+    }
+    let mut work = Vec::new();
+    for id in &l.active {
+        let e = &l.executions[id];
+        for (i, r) in e.tasks.iter().enumerate() {
+            let kind = match r.status {
+                TaskStatus::Assigned if r.node == Some(k) => "compute",
+                TaskStatus::Challenged if r.validator == Some(k) && r.validator_commitment.is_none() => "validate",
+                _ => continue,
+            };
+            work.push(json!({ "execution": id, "model": e.model, "task": i + 1, "kind": kind, "attempt": r.attempts, "deadline_ms": r.deadline }));
+        }
+    }
+    Json(Value::Array(work)).into_response()
 }
 
 async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
@@ -421,6 +453,8 @@ fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
         .route("/v1/genesis", get(get_genesis))
         .route("/v1/accounts/{key}", get(get_account))
         .route("/v1/nodes", get(get_nodes))
+        .route("/v1/nodes/{key}/work", get(get_work))
+        .route("/v1/models", get(get_models))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/models/{id}", get(get_model))
         .route(

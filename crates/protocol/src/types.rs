@@ -108,6 +108,8 @@ pub struct TaskDef {
     pub outputs: Vec<TensorSpec>,
     pub weight_uri: String,
     pub weight_hash: [u8; 32],
+    /// BLAKE3 of the task's ONNX graph (its initializers carry no data).
+    pub graph_hash: [u8; 32],
 }
 
 /// Seed 000 §7.1 `TaskConnection`, with task ids 1-based and 0 the user.

@@ -40,6 +40,7 @@ fn model() -> ModelDef {
         outputs: vec![spec()],
         weight_uri: "file://w".into(),
         weight_hash: [1; 32],
+        graph_hash: [2; 32],
     };
     let c = |s, d| Connection {
         source_task: s,

@@ -654,6 +654,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
         outputs: outs.iter().map(|n| spec(n)).collect(),
         weight_uri: "mem://w".into(),
         weight_hash: [0; 32],
+        graph_hash: [0; 32],
     };
     let c = |s, d, so, di| Connection {
         source_task: s,

@@ -1,0 +1,96 @@
+//! A blocking client for the ledger's JSON API.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use splitup_protocol::{Instruction, Keypair, SignedTx};
+
+pub struct Client {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Result<Client> {
+        let base = base.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--ledger must be an http:// or https:// URL, not {base:?}");
+        }
+        let http = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()?;
+        Ok(Client { base, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn check(
+        &self,
+        what: &str,
+        r: reqwest::Result<reqwest::blocking::Response>,
+    ) -> Result<reqwest::blocking::Response> {
+        let r = r.with_context(|| {
+            format!(
+                "cannot reach the ledger at {} (is `splitup ledger start` running?)",
+                self.base
+            )
+        })?;
+        let status = r.status();
+        if !status.is_success() {
+            let body: Value = r.json().unwrap_or(Value::Null);
+            let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no details");
+            bail!("{what}: the ledger answered {status}: {msg}");
+        }
+        Ok(r)
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value> {
+        Ok(self
+            .check(path, self.http.get(format!("{}{path}", self.base)).send())?
+            .json()?)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self
+            .check(path, self.http.post(format!("{}{path}", self.base)).json(body).send())?
+            .json()?)
+    }
+
+    /// Signs `ix` with the key's next nonce and submits it; returns the events.
+    pub fn send(&self, key: &Keypair, ix: Instruction) -> Result<Vec<Value>> {
+        let acct = self.get(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
+        let nonce = acct["nonce"].as_u64().unwrap_or(0);
+        let tx = SignedTx::sign(key, nonce, ix);
+        let r = self.post("/v1/tx", &serde_json::to_value(&tx)?)?;
+        Ok(r["events"].as_array().cloned().unwrap_or_default())
+    }
+
+    pub fn put_blob(&self, bytes: Vec<u8>) -> Result<String> {
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        self.check(
+            "upload",
+            self.http
+                .put(format!("{}/v1/blobs/{hash}", self.base))
+                .body(bytes)
+                .send(),
+        )?;
+        Ok(hash)
+    }
+
+    /// Downloads a blob and checks its content against its name.
+    pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
+        let bytes = self
+            .check(
+                "download",
+                self.http.get(format!("{}/v1/blobs/{hash}", self.base)).send(),
+            )?
+            .bytes()?
+            .to_vec();
+        let actual = blake3::hash(&bytes).to_hex().to_string();
+        if actual != hash {
+            bail!("blob {hash} arrived with content hashing to {actual}: refused");
+        }
+        Ok(bytes)
+    }
+}

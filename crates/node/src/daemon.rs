@@ -1,0 +1,229 @@
+//! The node daemon: register, stake, pre-load the weights of its tasks into
+//! warm sessions (hash-checked), heartbeat, execute assignments and validate
+//! the challenges it is drawn for, upload outputs, submit signed results.
+
+use crate::ops::task_output;
+use crate::{hex, unhex32, Client};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use splitup_exec::{OrtRuntime, Runtime, Session};
+use splitup_protocol::{Instruction, Keypair, ModelDef, GB};
+use splitup_tensor::Tensor;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Config {
+    pub ledger: String,
+    pub key: Keypair,
+    pub vram: u64,
+    /// Micro-USDC to stake; `None`: exactly what the VRAM requires.
+    pub stake: Option<u64>,
+    /// (model, task) pairs; a task of `None` means every task of the model;
+    /// an empty list means every task of every active model.
+    pub specialise: Vec<(u64, Option<u32>)>,
+    pub threads: usize,
+    pub heartbeat_every: Duration,
+    pub poll_every: Duration,
+    /// Test only: perturb every output (a cheating node).
+    pub cheat: bool,
+}
+
+struct Loaded {
+    session: Box<dyn Session>,
+    def: ModelDef,
+}
+
+pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> {
+    let c = Client::new(&cfg.ledger)?;
+    let me = cfg.key.pubkey();
+    let genesis = c.get("/v1/genesis")?;
+    let p = &genesis["params"];
+    let required =
+        p["stake_base"].as_u64().unwrap_or(0) + p["stake_per_gb"].as_u64().unwrap_or(0) * cfg.vram.div_ceil(GB);
+    let stake = cfg.stake.unwrap_or(required);
+    if stake < required {
+        bail!(
+            "--stake {} USDC is below the {} USDC this network requires for {} bytes of VRAM",
+            stake as f64 / 1e6,
+            required as f64 / 1e6,
+            cfg.vram
+        );
+    }
+    // What to support.
+    let models = c.get("/v1/models")?;
+    let mut supports = Vec::new();
+    let mut defs: BTreeMap<u64, ModelDef> = BTreeMap::new();
+    for m in models.as_array().cloned().unwrap_or_default() {
+        let id = m["id"].as_u64().unwrap_or(0);
+        if m["active"] != true || !(cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id)) {
+            continue;
+        }
+        let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{id}"))?["def"].clone())?;
+        for (i, t) in def.tasks.iter().enumerate() {
+            let task = i as u32 + 1;
+            let wanted = cfg.specialise.is_empty()
+                || cfg
+                    .specialise
+                    .iter()
+                    .any(|(s, tt)| *s == id && tt.is_none_or(|x| x == task));
+            if wanted && t.vram <= cfg.vram {
+                supports.push((id, task));
+            }
+        }
+        defs.insert(id, def);
+    }
+    for (m, t) in &cfg.specialise {
+        if !defs.contains_key(m) {
+            bail!("--specialise {m}: no active model {m} on this ledger");
+        }
+        if let Some(t) = t {
+            if !supports.contains(&(*m, *t)) {
+                bail!("--specialise {m}/{t}: no such task, or it needs more VRAM than this node has");
+            }
+        }
+    }
+    // Pre-load before registering, so the node never claims what it cannot run.
+    let rt = OrtRuntime::new(cfg.threads)?;
+    let mut loaded: HashMap<(u64, u32), Loaded> = HashMap::new();
+    for &(m, t) in &supports {
+        let def = &defs[&m];
+        let td = &def.tasks[t as usize - 1];
+        let graph = c.get_blob(&hex(&td.graph_hash))?;
+        let weights = c.get_blob(&hex(&td.weight_hash))?;
+        let onnx = splitup_graph::plan::join_weights(&graph, &weights)
+            .map_err(|(_, e)| anyhow::anyhow!("model {m} task {t}: {e}"))?;
+        let session = rt.load(&onnx).with_context(|| format!("model {m} task {t}"))?;
+        loaded.insert(
+            (m, t),
+            Loaded {
+                session,
+                def: def.clone(),
+            },
+        );
+    }
+    log(format!("node {} pre-loaded {} tasks", me.hex(), loaded.len()));
+    c.send(
+        &cfg.key,
+        Instruction::RegisterNode {
+            vram: cfg.vram,
+            supports: supports.clone(),
+        },
+    )?;
+    let acct = c.get(&format!("/v1/accounts/{}", me.hex()))?;
+    let staked = acct["node"]["stake"].as_u64().unwrap_or(0);
+    if staked < stake {
+        let need = stake - staked;
+        let have = acct["balance"].as_u64().unwrap_or(0);
+        if have < need {
+            bail!("balance {} USDC cannot cover a stake of {} USDC; fund the key first (splitup faucet on local networks)", have as f64 / 1e6, need as f64 / 1e6);
+        }
+        c.send(&cfg.key, Instruction::Stake { amount: need })?;
+    }
+    log(format!(
+        "node {} registered with {} USDC staked, supporting {} tasks",
+        me.hex(),
+        stake as f64 / 1e6,
+        supports.len()
+    ));
+    let mut last_hb = Instant::now() - cfg.heartbeat_every;
+    let mut done: HashSet<(u64, u32, String, u64)> = HashSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        if last_hb.elapsed() >= cfg.heartbeat_every {
+            c.send(&cfg.key, Instruction::Heartbeat)?;
+            last_hb = Instant::now();
+        }
+        let work = c.get(&format!("/v1/nodes/{}/work", me.hex()))?;
+        for w in work.as_array().cloned().unwrap_or_default() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let (e, m, t) = (
+                w["execution"].as_u64().unwrap_or(0),
+                w["model"].as_u64().unwrap_or(0),
+                w["task"].as_u64().unwrap_or(0) as u32,
+            );
+            let kind = w["kind"].as_str().unwrap_or("").to_string();
+            let key = (e, t, kind.clone(), w["attempt"].as_u64().unwrap_or(0));
+            if done.contains(&key) {
+                continue;
+            }
+            let Some(l) = loaded.get_mut(&(m, t)) else {
+                log(format!("assigned model {m} task {t}, which this node did not load"));
+                continue;
+            };
+            match execute(&c, l, e, t, cfg.cheat) {
+                Ok((commitment, blob)) => {
+                    let ix = if kind == "validate" {
+                        Instruction::SubmitValidation {
+                            execution: e,
+                            task: t,
+                            commitment,
+                        }
+                    } else {
+                        Instruction::SubmitResult {
+                            execution: e,
+                            task: t,
+                            commitment,
+                            output_uris: vec![format!("{}/v1/blobs/{blob}", c.base())],
+                        }
+                    };
+                    match c.send(&cfg.key, ix) {
+                        Ok(_) => log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16])),
+                        Err(err) => log(format!(
+                            "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
+                        )),
+                    }
+                }
+                Err(err) => log(format!("{kind} execution {e} task {t} failed: {err:#}")),
+            }
+            done.insert(key);
+        }
+        std::thread::sleep(cfg.poll_every);
+    }
+    log(format!("node {} stopping: no task in progress", me.hex()));
+    Ok(())
+}
+
+/// Runs one task of one execution; returns the commitment (BLAKE3 of the
+/// outputs' safetensors bytes) and the uploaded blob's name.
+fn execute(c: &Client, l: &mut Loaded, execution: u64, task: u32, cheat: bool) -> Result<([u8; 32], String)> {
+    let ex = c.get(&format!("/v1/executions/{execution}"))?;
+    let td = &l.def.tasks[task as usize - 1];
+    let mut inputs: Vec<(String, Tensor)> = Vec::new();
+    for (k, spec) in td.inputs.iter().enumerate() {
+        let conn = l
+            .def
+            .connections
+            .iter()
+            .find(|x| x.destination_task == task && x.dest_input == k as u32)
+            .context("an input without a source")?;
+        inputs.push((
+            spec.name.clone(),
+            task_output(c, &ex, &l.def, conn.source_task, conn.source_output)?,
+        ));
+    }
+    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs = l.session.run(&refs)?;
+    let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
+    for (name, t) in outputs {
+        let t = if cheat { perturb(t) } else { t };
+        map.insert(name, t);
+    }
+    let bytes = splitup_tensor::st::encode(&map)?;
+    let blob = c.put_blob(bytes)?;
+    Ok((unhex32(&blob).unwrap(), blob))
+}
+
+/// Test-only cheating: adds 1 to every float element.
+fn perturb(t: Tensor) -> Tensor {
+    if t.dtype != splitup_tensor::DType::F32 {
+        return t;
+    }
+    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32 + 1.0).collect();
+    Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)
+}
+
+pub fn describe(v: &Value) -> String {
+    v.to_string()
+}

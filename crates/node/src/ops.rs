@@ -1,0 +1,165 @@
+//! Client operations: deploy a plan, submit an execution, fetch its outputs.
+
+use crate::{hex, unhex32, Client};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use splitup_graph::plan::Manifest;
+use splitup_protocol::{Connection, Instruction, Keypair, ModelDef, TaskDef, TensorSpec};
+use splitup_tensor::Tensor;
+use std::collections::BTreeMap;
+
+fn spec(s: &splitup_graph::plan::TensorSpec) -> TensorSpec {
+    TensorSpec {
+        name: s.name.clone(),
+        shape: s.shape.clone(),
+        dtype: s.dtype.clone(),
+    }
+}
+
+/// Uploads a plan's files and registers the model; returns its id.
+pub fn deploy(
+    c: &Client,
+    key: &Keypair,
+    m: &Manifest,
+    files: &BTreeMap<String, Vec<u8>>,
+    progress: &dyn Fn(usize, usize),
+) -> Result<u64> {
+    let mut tasks = Vec::new();
+    for (i, t) in m.tasks.iter().enumerate() {
+        let graph = files
+            .get(&t.graph.file)
+            .with_context(|| format!("missing {}", t.graph.file))?;
+        let weights = files
+            .get(&t.weights.file)
+            .with_context(|| format!("missing {}", t.weights.file))?;
+        let gh = c.put_blob(graph.clone())?;
+        let wh = c.put_blob(weights.clone())?;
+        if gh != t.graph.blake3 || wh != t.weights.blake3 {
+            bail!("task {}: the files do not match the manifest's hashes", t.id);
+        }
+        tasks.push(TaskDef {
+            vram: t.vram_requirement,
+            compute_units: t.compute_units.max(1),
+            inputs: t.inputs.iter().map(spec).collect(),
+            outputs: t.outputs.iter().map(spec).collect(),
+            weight_uri: format!("{}/v1/blobs/{wh}", c.base()),
+            weight_hash: unhex32(&wh).unwrap(),
+            graph_hash: unhex32(&gh).unwrap(),
+        });
+        progress(i + 1, m.tasks.len());
+    }
+    let def = ModelDef {
+        name: m.name.clone(),
+        inputs: m.inputs.iter().map(spec).collect(),
+        outputs: m.outputs.iter().map(spec).collect(),
+        tasks,
+        connections: m
+            .connections
+            .iter()
+            .map(|k| Connection {
+                source_task: k.source_task_id as u32,
+                destination_task: k.destination_task_id as u32,
+                source_output: k.source_output_index as u32,
+                dest_input: k.dest_input_index as u32,
+            })
+            .collect(),
+    };
+    let events = c.send(key, Instruction::RegisterModel(def))?;
+    events
+        .iter()
+        .find_map(|e| e.get("ModelRegistered").and_then(|m| m["model"].as_u64()))
+        .context("the ledger did not report a model id")
+}
+
+/// Uploads the inputs (one safetensors blob) and submits an execution; returns its id.
+pub fn submit(c: &Client, key: &Keypair, model: u64, inputs: &BTreeMap<String, Tensor>, priority: u64) -> Result<u64> {
+    let def = c.get(&format!("/v1/models/{model}"))?;
+    let specs = def["def"]["inputs"].as_array().cloned().unwrap_or_default();
+    for s in &specs {
+        let name = s["name"].as_str().unwrap_or("");
+        let t = inputs.get(name).with_context(|| format!("missing input {name:?}"))?;
+        let shape: Vec<u64> = s["shape"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
+        if t.dtype.name() != s["dtype"].as_str().unwrap_or("")
+            || t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>() != shape
+        {
+            bail!(
+                "input {name:?} is {} {:?}, the model takes {} {:?}",
+                t.dtype,
+                t.shape,
+                s["dtype"],
+                shape
+            );
+        }
+    }
+    for name in inputs.keys() {
+        if !specs.iter().any(|s| s["name"] == name.as_str()) {
+            bail!("the model has no input {name:?}");
+        }
+    }
+    let blob = splitup_tensor::st::encode(inputs)?;
+    let hash = c.put_blob(blob)?;
+    let events = c.send(
+        key,
+        Instruction::SubmitExecution {
+            model,
+            priority,
+            input_commitment: unhex32(&hash).unwrap(),
+        },
+    )?;
+    events
+        .iter()
+        .find_map(|e| e.get("ExecutionSubmitted").and_then(|m| m["execution"].as_u64()))
+        .context("the ledger did not report an execution id")
+}
+
+/// The execution's model outputs, in model order, once it has completed.
+pub fn fetch(c: &Client, execution: u64) -> Result<Vec<(String, Tensor)>> {
+    let e = c.get(&format!("/v1/executions/{execution}"))?;
+    if e["status"] != "Completed" {
+        bail!("execution {execution} is {}, not completed", e["status"]);
+    }
+    let model = c.get(&format!("/v1/models/{}", e["model"]))?;
+    let def: ModelDef = serde_json::from_value(model["def"].clone())?;
+    let mut out = Vec::new();
+    for (k, spec) in def.outputs.iter().enumerate() {
+        let conn = def
+            .connections
+            .iter()
+            .find(|x| x.destination_task == 0 && x.dest_input == k as u32)
+            .context("output without a source")?;
+        let t = task_output(c, &e, &def, conn.source_task, conn.source_output)?;
+        out.push((spec.name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// The tensor that output `index` of `task` (0: the user's inputs) produced in this execution.
+pub fn task_output(c: &Client, execution: &Value, def: &ModelDef, task: u32, index: u32) -> Result<Tensor> {
+    let (blob, name) = if task == 0 {
+        (
+            execution["input"].as_str().context("no input")?.to_string(),
+            def.inputs[index as usize].name.clone(),
+        )
+    } else {
+        let r = &execution["tasks"][task as usize - 1];
+        let uri = r["output_uris"][0]
+            .as_str()
+            .with_context(|| format!("task {task} has no output yet"))?;
+        (
+            uri.rsplit('/').next().unwrap_or(uri).to_string(),
+            def.tasks[task as usize - 1].outputs[index as usize].name.clone(),
+        )
+    };
+    let bytes = c.get_blob(&blob)?;
+    let mut tensors = splitup_tensor::st::decode(&bytes)?;
+    tensors
+        .remove(&name)
+        .with_context(|| format!("blob {blob} lacks tensor {name:?}"))
+}
+
+pub fn commitment_hex(bytes: &[u8]) -> String {
+    hex(blake3::hash(bytes).as_bytes())
+}
