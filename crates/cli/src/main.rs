@@ -138,6 +138,9 @@ pub struct NodeStartArgs {
     /// TEST ONLY: return perturbed outputs (to exercise Proof of Sampling).
     #[arg(long, hide = true)]
     pub cheat: bool,
+    /// TEST ONLY: wait this many milliseconds before executing each task.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +163,9 @@ pub struct LedgerStartArgs {
     /// Run as a public network: no faucet.
     #[arg(long)]
     pub no_faucet: bool,
+    /// TEST ONLY: 1 s heartbeats and 3 s task timeouts at genesis.
+    #[arg(long, hide = true)]
+    pub test_timeouts: bool,
 }
 
 #[derive(Subcommand)]

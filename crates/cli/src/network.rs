@@ -16,14 +16,20 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
     if !(0.0..=1.0).contains(&a.p) {
         bail!("--p must be between 0 and 1");
     }
+    let data = a.data.clone();
     let cfg = server::Config {
         data: a.data,
         listen: a.listen,
         challenge_ppm: (a.p * 1e6).round() as u64,
         local: !a.no_faucet,
+        test_timeouts: a.test_timeouts,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(server::serve(cfg))?;
+    rt.block_on(server::serve_with(cfg, move |addr| {
+        // The oracle committee, in-process by default but a client of the
+        // public API like any other: it re-executes disputed tasks and votes.
+        std::thread::spawn(move || committee(format!("http://{addr}"), data));
+    }))?;
     println!("ledger stopped");
     Ok(0)
 }
@@ -170,8 +176,8 @@ pub fn status(a: StatusArgs) -> Result<i32> {
     let e = c.get(&format!("/v1/executions/{}", a.execution))?;
     println!("execution {} of model {}: {}", a.execution, e["model"], e["status"]);
     println!(
-        "{:>5} {:>11} {:<18} {:>8} {:>11} {}",
-        "task", "state", "node", "attempts", "challenged", "outcome"
+        "{:>5} {:>11} {:<18} {:>8} {:>11} outcome",
+        "task", "state", "node", "attempts", "challenged"
     );
     for t in e["tasks"].as_array().cloned().unwrap_or_default() {
         let node = t["node"]
@@ -234,6 +240,7 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         heartbeat_every: std::time::Duration::from_secs(10),
         poll_every: std::time::Duration::from_millis(100),
         cheat: a.cheat,
+        delay: std::time::Duration::from_millis(a.delay_ms),
     };
     splitup_node::daemon::run(&cfg, &stop, &|m| {
         println!("{m}");
@@ -241,4 +248,78 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         let _ = std::io::stdout().flush();
     })?;
     Ok(0)
+}
+
+/// Two committee members re-execute every disputed task and vote whether
+/// the asserter's commitment is the honest one.
+fn committee(url: String, data: std::path::PathBuf) {
+    let members: Vec<splitup_protocol::Keypair> = match (0..2)
+        .map(|i| keys::read(&data.join("keys").join(format!("committee-{i}.json"))))
+        .collect()
+    {
+        Ok(k) => k,
+        Err(e) => return eprintln!("committee disabled: {e}"),
+    };
+    let Ok(c) = Client::new(&url) else { return };
+    let mut rt: Option<splitup_exec::OrtRuntime> = None;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let Ok(disputes) = c.get("/v1/disputes") else { continue };
+        for d in disputes.as_array().cloned().unwrap_or_default() {
+            let (e, m, t) = (
+                d["execution"].as_u64().unwrap_or(0),
+                d["model"].as_u64().unwrap_or(0),
+                d["task"].as_u64().unwrap_or(0) as u32,
+            );
+            let voters: Vec<String> = d["voters"]
+                .as_array()
+                .map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            if rt.is_none() {
+                match splitup_exec::OrtRuntime::new(1) {
+                    Ok(r) => rt = Some(r),
+                    Err(err) => {
+                        eprintln!("committee cannot re-execute disputes: {err}");
+                        continue;
+                    }
+                }
+            }
+            let honest = match splitup_node::daemon::recompute(&c, rt.as_ref().unwrap(), m, e, t) {
+                Ok(commitment) => d["commitment"].as_str() == Some(splitup_node::hex(&commitment).as_str()),
+                Err(err) => {
+                    eprintln!("committee: re-executing execution {e} task {t} failed: {err:#}");
+                    continue;
+                }
+            };
+            for k in &members {
+                if voters.contains(&k.pubkey().hex()) {
+                    continue;
+                }
+                // The ledger's own liveness votes share these keys: retry on a nonce race.
+                for _ in 0..5 {
+                    match c.send(
+                        k,
+                        splitup_protocol::Instruction::DisputeVote {
+                            execution: e,
+                            task: t,
+                            asserter_honest: honest,
+                        },
+                    ) {
+                        Ok(_) => break,
+                        Err(err) if err.to_string().contains("409") => continue,
+                        Err(err) => {
+                            eprintln!("committee vote on execution {e} task {t}: {err:#}");
+                            break;
+                        }
+                    }
+                }
+            }
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout(),
+                "committee: execution {e} task {t}: asserter {}",
+                if honest { "upheld" } else { "found cheating" }
+            );
+        }
+    }
 }

@@ -31,26 +31,40 @@ fn ok(o: Output) -> String {
 }
 
 fn start_ledger(dir: &Path) -> (Proc, String) {
+    start_ledger_with(dir, "127.0.0.1:0", &[])
+}
+
+fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
     let mut child = bin()
-        .args(["ledger", "start", "--listen", "127.0.0.1:0", "--data"])
+        .args(["ledger", "start", "--listen", listen, "--data"])
         .arg(dir.join("ledger"))
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    out.read_line(&mut line).unwrap();
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
-        .unwrap()
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
+    let tag = dir.file_name().unwrap().to_string_lossy().into_owned();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            eprintln!("[ledger {tag}] {l}");
+        }
+    });
     (Proc(child), url)
 }
 
 /// Starts a node and waits until it reports that it is registered.
 fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
+    start_node_with(dir, url, name, &[])
+}
+
+fn start_node_with(dir: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
     let key = format!("{name}.json");
     ok(bin()
         .args(["keys", "new", "-o", &key])
@@ -64,6 +78,7 @@ fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
         .unwrap());
     let mut child = bin()
         .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
+        .args(extra)
         .current_dir(dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -80,7 +95,12 @@ fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
         }
     }
     // Keep draining its output so the node never blocks on a full pipe.
-    std::thread::spawn(move || for _ in out.lines() {});
+    let tag = name.to_string();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {l}");
+        }
+    });
     Proc(child)
 }
 
@@ -176,4 +196,193 @@ fn networked_run_equals_the_unsplit_run() {
         tasks,
         "{status}"
     );
+}
+
+fn get(url: &str, path: &str) -> serde_json::Value {
+    reqwest::blocking::get(format!("{url}{path}")).unwrap().json().unwrap()
+}
+
+fn pubkey(dir: &Path, name: &str) -> String {
+    splitup_ledger::keys::read(&dir.join(format!("{name}.json")))
+        .unwrap()
+        .pubkey()
+        .hex()
+}
+
+/// Polls until `f` holds, failing after `secs`.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed().as_secs() < secs, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Deploys the generated 8-layer model (≥ 4 tasks) and writes `ids.npy` and the unsplit output.
+fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
+    ok(bin()
+        .args(["generate", "--layers", "8", "-o", "model.onnx"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["keys", "new", "-o", "user.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["faucet", "--ledger", url, "--key", "user.json", "--amount", "100"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args([
+            "deploy",
+            "model.onnx",
+            "--ledger",
+            url,
+            "--key",
+            "user.json",
+            "--vram",
+            "700KiB",
+            "--dim",
+            "batch=1",
+            "--dim",
+            "seq=8",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    let ids = Tensor::from_i64(vec![1, 8], &[2, 7, 1, 8, 2, 8, 1, 8]).unwrap();
+    std::fs::write(dir.join("ids.npy"), npy::encode(&ids).unwrap()).unwrap();
+    ok(bin()
+        .args(["run", "model.onnx", "-i", "input_ids=ids.npy", "-o", "whole"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    npy::decode(&std::fs::read(dir.join("whole/logits.npy")).unwrap()).unwrap()
+}
+
+fn submit(dir: &Path, url: &str) {
+    let out = ok(bin()
+        .args([
+            "submit",
+            "1",
+            "--ledger",
+            url,
+            "--key",
+            "user.json",
+            "-i",
+            "input_ids=ids.npy",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(out.contains("execution 1"), "{out}");
+}
+
+fn fetch_and_compare(dir: &Path, url: &str, reference: &Tensor) {
+    ok(bin()
+        .args(["fetch", "1", "--ledger", url, "-o", "net"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
+    allclose(&net, reference, Tolerance::PARTITION).unwrap();
+}
+
+#[test]
+fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // p = 1: every result is challenged, so the outcome is deterministic.
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
+    let reference = deploy_and_reference(dir, &url);
+    // The cheater is alone when the execution starts, so it takes task 1.
+    let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
+    submit(dir, &url);
+    let cheater = pubkey(dir, "cheater");
+    wait_for(60, "the cheater to be slashed", || {
+        get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let _honest: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
+    wait_for(120, "execution 1 to complete", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    fetch_and_compare(dir, &url, &reference);
+    let slashed = get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
+        .as_u64()
+        .unwrap();
+    assert!(slashed >= 500_000_000, "slashed {slashed}");
+    for i in 0..2 {
+        let k = pubkey(dir, &format!("honest{i}"));
+        assert_eq!(
+            get(&url, &format!("/v1/accounts/{k}"))["node"]["slashed_total"],
+            0,
+            "an honest node was slashed"
+        );
+    }
+    let e = get(&url, "/v1/executions/1");
+    assert!(
+        e["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["node"].as_str() != Some(cheater.as_str())),
+        "a cheater's result survived: {e}"
+    );
+}
+
+#[test]
+fn a_killed_node_loses_its_task_to_another_and_is_marked_unresponsive() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
+    let reference = deploy_and_reference(dir, &url);
+    let mut stuck = start_node_with(dir, &url, "stuck", &["--delay-ms", "600000"]);
+    submit(dir, &url);
+    let k = pubkey(dir, "stuck");
+    wait_for(30, "task 1 to be assigned to the node", || {
+        get(&url, "/v1/executions/1")["tasks"][0]["node"].as_str() == Some(k.as_str())
+    });
+    stuck.0.kill().unwrap(); // SIGKILL while it holds the assignment
+    let _spare = start_node(dir, &url, "spare");
+    wait_for(120, "execution 1 to complete", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    let e = get(&url, "/v1/executions/1");
+    assert!(
+        e["tasks"][0]["attempts"].as_u64().unwrap() >= 2,
+        "task 1 was not reassigned: {e}"
+    );
+    fetch_and_compare(dir, &url, &reference);
+    wait_for(30, "the killed node to be marked unresponsive", || {
+        get(&url, &format!("/v1/accounts/{k}"))["node"]["status"] == "Unresponsive"
+    });
+}
+
+#[test]
+fn a_ledger_killed_mid_execution_restarts_and_the_execution_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (ledger, url) = start_ledger(dir);
+    let listen = url.trim_start_matches("http://").to_string();
+    let reference = deploy_and_reference(dir, &url);
+    let _node = start_node_with(dir, &url, "node", &["--delay-ms", "700"]);
+    submit(dir, &url);
+    wait_for(60, "a first task to complete", || {
+        get(&url, "/v1/executions/1")["tasks"][0]["status"] == "Completed"
+    });
+    drop(ledger); // SIGKILL
+    let (_ledger, url2) = start_ledger_with(dir, &listen, &[]);
+    assert_eq!(url, url2);
+    // Everything acknowledged before the kill is still there.
+    assert_eq!(get(&url, "/v1/executions/1")["tasks"][0]["status"], "Completed");
+    wait_for(120, "execution 1 to complete after the restart", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    fetch_and_compare(dir, &url, &reference);
 }

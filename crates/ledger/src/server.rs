@@ -36,6 +36,8 @@ pub struct Config {
     pub challenge_ppm: u64,
     /// A local network: the faucet mints on request.
     pub local: bool,
+    /// Tests only: 1 s heartbeats and 3 s minimum task timeouts (ignored when the genesis exists).
+    pub test_timeouts: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +90,20 @@ impl Core {
                 .map_err(|e| ServerError::Other(format!("stored genesis is unreadable: {e}")))?,
             None => {
                 let g = Genesis {
-                    params: Params {
-                        challenge_ppm: cfg.challenge_ppm,
-                        ..Params::default()
+                    params: if cfg.test_timeouts {
+                        Params {
+                            challenge_ppm: cfg.challenge_ppm,
+                            heartbeat_ms: 1_000,
+                            task_timeout_min_ms: 3_000,
+                            task_timeout_per_100cu_ms: 100,
+                            unstake_lockup_ms: 10_000,
+                            ..Params::default()
+                        }
+                    } else {
+                        Params {
+                            challenge_ppm: cfg.challenge_ppm,
+                            ..Params::default()
+                        }
                     },
                     mint_authority: authority.pubkey(),
                     committee: [committee[0].pubkey(), committee[1].pubkey(), committee[2].pubkey()],
@@ -422,6 +435,23 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Res
     Json(Value::Array(work)).into_response()
 }
 
+/// Tasks in dispute, for the committee to re-execute and vote on.
+async fn get_disputes(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    let l = &core.ledger;
+    let mut out = Vec::new();
+    for id in &l.active {
+        let e = &l.executions[id];
+        for (i, r) in e.tasks.iter().enumerate() {
+            if r.status == TaskStatus::Disputed {
+                let voters: Vec<String> = r.votes.keys().map(|k| k.hex()).collect();
+                out.push(json!({ "execution": id, "model": e.model, "task": i + 1, "asserter": r.node.map(|n| n.hex()), "commitment": r.commitment.map(|c| Pubkey(c).hex()), "voters": voters }));
+            }
+        }
+    }
+    Json(Value::Array(out)).into_response()
+}
+
 async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
     match s.blobs.put(&hash, &body) {
         Ok(()) => Json(json!({ "ok": true, "blake3": hash, "bytes": body.len() })).into_response(),
@@ -455,6 +485,7 @@ fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
         .route("/v1/nodes", get(get_nodes))
         .route("/v1/nodes/{key}/work", get(get_work))
         .route("/v1/models", get(get_models))
+        .route("/v1/disputes", get(get_disputes))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/models/{id}", get(get_model))
         .route(
@@ -469,6 +500,11 @@ fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
 
 /// Runs the ledger until SIGINT or SIGTERM. Prints the bound address first.
 pub async fn serve(cfg: Config) -> Result<(), ServerError> {
+    serve_with(cfg, |_| {}).await
+}
+
+/// As [`serve`], calling `on_ready` with the bound address once listening.
+pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     let core = Core::open(&cfg)?;
     let replayed = core.ledger.instructions;
     let blobs = BlobStore::open(&cfg.data.join("blobs"))?;
@@ -483,6 +519,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    on_ready(addr);
     let ticker = {
         let state = state.clone();
         tokio::spawn(async move {

@@ -27,6 +27,8 @@ pub struct Config {
     pub poll_every: Duration,
     /// Test only: perturb every output (a cheating node).
     pub cheat: bool,
+    /// Test only: wait this long before executing each task (a slow node).
+    pub delay: Duration,
 }
 
 struct Loaded {
@@ -126,12 +128,38 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
         stake as f64 / 1e6,
         supports.len()
     ));
-    let mut last_hb = Instant::now() - cfg.heartbeat_every;
+    // Heartbeat three times per period the network expects.
+    let period = Duration::from_millis(p["heartbeat_ms"].as_u64().unwrap_or(30_000) / 3).min(cfg.heartbeat_every);
+    let mut last_hb = Instant::now() - period;
     let mut done: HashSet<(u64, u32, String, u64)> = HashSet::new();
     while !stop.load(Ordering::SeqCst) {
-        if last_hb.elapsed() >= cfg.heartbeat_every {
+        // The ledger may be down (restarting): log, wait, retry.
+        if let Err(err) = step(&c, cfg, &mut loaded, &mut done, &mut last_hb, period, stop, log) {
+            log(format!("ledger unreachable or refused: {err:#}; retrying"));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        std::thread::sleep(cfg.poll_every);
+    }
+    log(format!("node {} stopping: no task in progress", me.hex()));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step(
+    c: &Client,
+    cfg: &Config,
+    loaded: &mut HashMap<(u64, u32), Loaded>,
+    done: &mut HashSet<(u64, u32, String, u64)>,
+    last_hb: &mut Instant,
+    period: Duration,
+    stop: &AtomicBool,
+    log: &dyn Fn(String),
+) -> Result<()> {
+    let me = cfg.key.pubkey();
+    {
+        if last_hb.elapsed() >= period {
             c.send(&cfg.key, Instruction::Heartbeat)?;
-            last_hb = Instant::now();
+            *last_hb = Instant::now();
         }
         let work = c.get(&format!("/v1/nodes/{}/work", me.hex()))?;
         for w in work.as_array().cloned().unwrap_or_default() {
@@ -152,7 +180,8 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
                 log(format!("assigned model {m} task {t}, which this node did not load"));
                 continue;
             };
-            match execute(&c, l, e, t, cfg.cheat) {
+            std::thread::sleep(cfg.delay);
+            match execute(c, l, e, t, cfg.cheat) {
                 Ok((commitment, blob)) => {
                     let ix = if kind == "validate" {
                         Instruction::SubmitValidation {
@@ -179,10 +208,27 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
             }
             done.insert(key);
         }
-        std::thread::sleep(cfg.poll_every);
     }
-    log(format!("node {} stopping: no task in progress", me.hex()));
     Ok(())
+}
+
+/// Downloads, assembles and loads one task (hash-checked), for a committee
+/// member re-executing a disputed task.
+pub fn load_task(c: &Client, rt: &dyn Runtime, def: &ModelDef, task: u32) -> Result<Box<dyn Session>> {
+    let td = &def.tasks[task as usize - 1];
+    let graph = c.get_blob(&hex(&td.graph_hash))?;
+    let weights = c.get_blob(&hex(&td.weight_hash))?;
+    let onnx =
+        splitup_graph::plan::join_weights(&graph, &weights).map_err(|(_, e)| anyhow::anyhow!("task {task}: {e}"))?;
+    Ok(rt.load(&onnx)?)
+}
+
+/// Re-executes a task of an execution and returns the honest commitment.
+pub fn recompute(c: &Client, rt: &dyn Runtime, model: u64, execution: u64, task: u32) -> Result<[u8; 32]> {
+    let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{model}"))?["def"].clone())?;
+    let session = load_task(c, rt, &def, task)?;
+    let mut l = Loaded { session, def };
+    Ok(execute(c, &mut l, execution, task, false)?.0)
 }
 
 /// Runs one task of one execution; returns the commitment (BLAKE3 of the
