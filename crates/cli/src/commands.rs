@@ -27,7 +27,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn transformer_config(a: &TransformerArgs) -> TransformerConfig {
+pub fn transformer_config(a: &TransformerArgs) -> TransformerConfig {
     TransformerConfig {
         layers: a.layers,
         hidden: a.hidden,

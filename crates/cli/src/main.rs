@@ -7,6 +7,7 @@
 //! 2 the command line is invalid; 3 a split run disagreed with the unsplit run.
 
 mod commands;
+mod demo_net;
 mod network;
 mod util;
 
@@ -29,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate a transformer, split it into at least 4 tasks, run it split and whole, and compare.
+    /// Start a ledger and 4 nodes here, deploy a transformer split into ≥ 4 tasks, run inferences, show what happened.
     Demo(DemoArgs),
     /// Partition a model into tasks that fit a memory budget and write the plan.
     Partition(PartitionArgs),
@@ -362,15 +363,28 @@ pub struct DemoArgs {
     /// Seed of the input token ids.
     #[arg(long, default_value_t = 1)]
     pub input_seed: u64,
-    /// Keep the plan and outputs here (default: a temporary directory, removed after).
+    /// Keep the plan, logs and outputs here (default: a temporary directory, removed after).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Run on this machine only: split and unsplit runs in one process, no network.
+    #[arg(long)]
+    pub local: bool,
+    /// Nodes to start (network mode).
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Inferences to run (network mode).
+    #[arg(long, default_value_t = 3)]
+    pub inferences: usize,
+    /// Challenge probability p of the demo network.
+    #[arg(long, default_value_t = 0.5)]
+    pub p: f64,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(a) => commands::demo(a),
+        Command::Demo(a) if a.local => commands::demo(a),
+        Command::Demo(a) => demo_net::run(a),
         Command::Partition(a) => commands::partition(a),
         Command::RunPlan(a) => commands::run_plan(a),
         Command::Run(a) => commands::run(a),

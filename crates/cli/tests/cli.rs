@@ -41,9 +41,9 @@ fn read(path: &Path) -> Tensor {
 }
 
 #[test]
-fn demo_splits_into_four_or_more_tasks_and_matches() {
+fn local_demo_splits_into_four_or_more_tasks_and_matches() {
     let d = tempfile::tempdir().unwrap();
-    let out = ok(&splitup(&["demo", "-o", "demo"], d.path()));
+    let out = ok(&splitup(&["demo", "--local", "-o", "demo"], d.path()));
     assert!(out.contains("split equals unsplit"), "{out}");
     let summary = out.lines().find(|l| l.contains(" tasks; largest needs")).unwrap();
     let tasks: usize = summary.split_whitespace().next().unwrap().parse().unwrap();

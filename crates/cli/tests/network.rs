@@ -386,3 +386,43 @@ fn a_ledger_killed_mid_execution_restarts_and_the_execution_completes() {
     });
     fetch_and_compare(dir, &url, &reference);
 }
+
+#[test]
+fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
+    let d = tempfile::tempdir().unwrap();
+    let out = ok(bin()
+        .args(["demo", "--inferences", "2", "-o"])
+        .arg(d.path().join("demo"))
+        .output()
+        .unwrap());
+    assert_eq!(out.matches("equals the unsplit local run").count(), 2, "{out}");
+    let tasks: usize = out
+        .lines()
+        .find(|l| l.contains(" tasks; largest needs"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tasks >= 4);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("started, staked and pre-loaded"))
+            .count(),
+        4,
+        "{out}"
+    );
+    assert!(out.contains("fees: the user paid"), "{out}");
+    // The ledger and the nodes are gone: the ledger's port no longer answers.
+    let url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ledger: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(
+        reqwest::blocking::get(format!("{url}/v1/status")).is_err(),
+        "the demo left its ledger running"
+    );
+}
