@@ -426,3 +426,53 @@ fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
         "the demo left its ledger running"
     );
 }
+
+#[test]
+fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
+    assert_eq!(get(&url, "/v1/genesis")["params"]["challenge_ppm"], 80_000);
+    deploy_and_reference(dir, &url);
+    let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
+    // 15 executions of 8 tasks, all on the cheater at first: the chance that
+    // none of its ~120 results is drawn for a challenge is 0.92^120 ≈ 5e-5.
+    for _ in 0..15 {
+        ok(bin()
+            .args([
+                "submit",
+                "1",
+                "--ledger",
+                &url,
+                "--key",
+                "user.json",
+                "-i",
+                "input_ids=ids.npy",
+            ])
+            .current_dir(dir)
+            .output()
+            .unwrap());
+    }
+    let cheater = pubkey(dir, "cheater");
+    wait_for(120, "the cheater to be caught", || {
+        get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    });
+    let _honest = start_node(dir, &url, "honest");
+    wait_for(240, "all executions to finish", || {
+        (1..=15).all(|i| get(&url, &format!("/v1/executions/{i}"))["status"] == "Completed")
+    });
+    let h = pubkey(dir, "honest");
+    assert_eq!(
+        get(&url, &format!("/v1/accounts/{h}"))["node"]["slashed_total"],
+        0,
+        "the honest node lost stake"
+    );
+    let node = get(&url, &format!("/v1/accounts/{cheater}"))["node"].clone();
+    assert!(
+        node["stake"].as_u64().unwrap() < 1_900_000_000,
+        "the cheater ends below its stake: {node}"
+    );
+}
