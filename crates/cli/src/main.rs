@@ -167,6 +167,9 @@ pub struct LedgerStartArgs {
     /// TEST ONLY: 1 s heartbeats and 3 s task timeouts at genesis.
     #[arg(long, hide = true)]
     pub test_timeouts: bool,
+    /// Seconds to keep the input and intermediate tensors of a finished execution before deleting them.
+    #[arg(long, default_value_t = 3600)]
+    pub retention_secs: u64,
 }
 
 #[derive(Subcommand)]

@@ -23,6 +23,7 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         challenge_ppm: (a.p * 1e6).round() as u64,
         local: !a.no_faucet,
         test_timeouts: a.test_timeouts,
+        retention_ms: a.retention_secs.saturating_mul(1000),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(server::serve_with(cfg, move |addr| {

@@ -476,3 +476,62 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
         "the cheater ends below its stake: {node}"
     );
 }
+
+#[test]
+fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--retention-secs", "2"]);
+    let reference = deploy_and_reference(dir, &url);
+    let _node = start_node(dir, &url, "node");
+    let out = ok(bin()
+        .args([
+            "submit",
+            "1",
+            "--ledger",
+            &url,
+            "--key",
+            "user.json",
+            "-i",
+            "input_ids=ids.npy",
+            "--wait",
+            "-o",
+            "net",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(out.contains("logits.npy"), "{out}");
+    let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
+    allclose(&net, &reference, Tolerance::PARTITION).unwrap();
+    let e = get(&url, "/v1/executions/1");
+    let outputs: Vec<String> = e["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["output_uris"][0].as_str().unwrap().to_string())
+        .collect();
+    let input = e["input"].as_str().unwrap().to_string();
+    let status = |u: &str| {
+        reqwest::blocking::get(if u.starts_with("http") {
+            u.to_string()
+        } else {
+            format!("{url}/v1/blobs/{u}")
+        })
+        .unwrap()
+        .status()
+        .as_u16()
+    };
+    wait_for(30, "the execution's tensors to be deleted", || {
+        outputs.iter().all(|u| status(u) == 404) && status(&input) == 404
+    });
+    // The model's weights are not the execution's to delete.
+    let model = get(&url, "/v1/models/1");
+    let w = model["def"]["tasks"][0]["weight_hash"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{:02x}", b.as_u64().unwrap()))
+        .collect::<String>();
+    assert_eq!(status(&w), 200);
+}

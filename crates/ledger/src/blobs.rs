@@ -62,6 +62,18 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Deletes a blob; a missing blob is not an error.
+    pub fn remove(&self, hash: &str) -> Result<bool, BlobError> {
+        if !is_hash(hash) {
+            return Err(BlobError::BadName(hash.into()));
+        }
+        match std::fs::remove_file(self.path(hash)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads a blob, checking that its content still hashes to its name.
     pub fn get(&self, hash: &str) -> Result<Vec<u8>, BlobError> {
         if !is_hash(hash) {

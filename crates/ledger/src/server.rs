@@ -38,6 +38,8 @@ pub struct Config {
     pub local: bool,
     /// Tests only: 1 s heartbeats and 3 s minimum task timeouts (ignored when the genesis exists).
     pub test_timeouts: bool,
+    /// Tensors (inputs and task outputs) of finished executions are deleted this long after they finish.
+    pub retention_ms: Millis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +185,43 @@ impl Core {
         self.react(&events);
     }
 
+    /// Blobs that finished executions no longer need: their input and every
+    /// task output, once `retention_ms` has passed since they finished,
+    /// unless an unfinished execution or a model still refers to the same
+    /// content. Returns the hashes to delete and marks the executions done.
+    pub fn garbage(&mut self, retention_ms: Millis, collected: &mut std::collections::BTreeSet<u64>) -> Vec<String> {
+        let now = self.last_now;
+        let blob_of = |uri: &str| uri.rsplit('/').next().unwrap_or(uri).to_string();
+        let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for m in self.ledger.models.values() {
+            for t in &m.def.tasks {
+                keep.insert(Pubkey(t.weight_hash).hex());
+                keep.insert(Pubkey(t.graph_hash).hex());
+            }
+        }
+        for id in &self.ledger.active {
+            let e = &self.ledger.executions[id];
+            keep.insert(Pubkey(e.input_commitment).hex());
+            for r in &e.tasks {
+                keep.extend(r.output_uris.iter().map(|u| blob_of(u)));
+            }
+        }
+        let mut out = Vec::new();
+        for (id, e) in &self.ledger.executions {
+            let Some(done) = e.finished_at else { continue };
+            if collected.contains(id) || now.saturating_sub(done) < retention_ms {
+                continue;
+            }
+            collected.insert(*id);
+            let mut hashes = vec![Pubkey(e.input_commitment).hex()];
+            for r in &e.tasks {
+                hashes.extend(r.output_uris.iter().map(|u| blob_of(u)));
+            }
+            out.extend(hashes.into_iter().filter(|h| !keep.contains(h)));
+        }
+        out
+    }
+
     fn sign(&self, key: &Keypair, ix: Instruction) -> SignedTx {
         let nonce = self.ledger.accounts.get(&key.pubkey()).map(|a| a.nonce).unwrap_or(0);
         SignedTx::sign(key, nonce, ix)
@@ -232,6 +271,7 @@ pub fn parse_pubkey(s: &str) -> Option<Pubkey> {
 struct AppState {
     core: Mutex<Core>,
     blobs: BlobStore,
+    collected: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 type Shared = Arc<AppState>;
@@ -475,6 +515,7 @@ fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
+        collected: Mutex::new(Default::default()),
     });
     let r = Router::new()
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
@@ -520,13 +561,26 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
     use std::io::Write;
     let _ = std::io::stdout().flush();
     on_ready(addr);
+    let retention_ms = cfg.retention_ms;
     let ticker = {
         let state = state.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut n: u64 = 0;
             loop {
                 every.tick().await;
                 state.core.lock().unwrap().tick();
+                n += 1;
+                if n % 5 == 0 {
+                    let garbage = state
+                        .core
+                        .lock()
+                        .unwrap()
+                        .garbage(retention_ms, &mut state.collected.lock().unwrap());
+                    for h in garbage {
+                        let _ = state.blobs.remove(&h);
+                    }
+                }
             }
         })
     };
