@@ -535,3 +535,86 @@ fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time
         .collect::<String>();
     assert_eq!(status(&w), 200);
 }
+
+#[test]
+fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger(dir);
+    let reference = deploy_and_reference(dir, &url);
+    ok(bin()
+        .args(["keys", "new", "-o", "small.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["faucet", "--ledger", &url, "--key", "small.json", "--amount", "5000"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    // Room for about two of the ≥ 4 tasks (each needs at most 700 KiB).
+    let mut child = bin()
+        .args([
+            "node",
+            "start",
+            "--ledger",
+            &url,
+            "--key",
+            "small.json",
+            "--vram",
+            "1400KiB",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let _node = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("registered")) {
+        lines.push(
+            rx.recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the node registers"),
+        );
+    }
+    let preload = lines.iter().find(|l| l.contains("pre-loaded")).unwrap();
+    let (loaded, total) = {
+        let w: Vec<&str> = preload.split_whitespace().collect();
+        let i = w.iter().position(|x| *x == "pre-loaded").unwrap();
+        (w[i + 1].parse::<usize>().unwrap(), w[i + 3].parse::<usize>().unwrap())
+    };
+    assert!(loaded < total, "the node should not fit every task: {preload}");
+    let out = ok(bin()
+        .args([
+            "submit",
+            "1",
+            "--ledger",
+            &url,
+            "--key",
+            "user.json",
+            "-i",
+            "input_ids=ids.npy",
+            "--wait",
+            "-o",
+            "net",
+            "--timeout",
+            "120",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(out.contains("logits.npy"), "{out}");
+    let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
+    allclose(&net, &reference, Tolerance::PARTITION).unwrap();
+    lines.extend(rx.try_iter());
+    assert!(
+        lines.iter().any(|l| l.contains("unloaded model 1 task")),
+        "no task was unloaded: {lines:?}"
+    );
+}

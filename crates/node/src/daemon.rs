@@ -36,6 +36,58 @@ struct Loaded {
     def: ModelDef,
 }
 
+/// Warm sessions within the node's memory: tasks are loaded while they fit;
+/// an assignment for an unloaded task evicts the least recently used ones.
+struct Cache {
+    rt: OrtRuntime,
+    defs: BTreeMap<u64, ModelDef>,
+    loaded: HashMap<(u64, u32), Loaded>,
+    last_used: HashMap<(u64, u32), u64>,
+    clock: u64,
+    used: u64,
+    capacity: u64,
+}
+
+impl Cache {
+    fn need(&self, key: (u64, u32)) -> u64 {
+        self.defs[&key.0].tasks[key.1 as usize - 1].vram
+    }
+
+    fn load(&mut self, c: &Client, key: (u64, u32), log: &dyn Fn(String)) -> Result<()> {
+        let need = self.need(key);
+        while self.used + need > self.capacity {
+            let Some(victim) = self
+                .loaded
+                .keys()
+                .copied()
+                .min_by_key(|k| (self.last_used.get(k).copied().unwrap_or(0), *k))
+            else {
+                break;
+            };
+            self.loaded.remove(&victim);
+            self.used -= self.need(victim);
+            log(format!(
+                "unloaded model {} task {} (least recently used) to make room for model {} task {}",
+                victim.0, victim.1, key.0, key.1
+            ));
+        }
+        let def = self.defs[&key.0].clone();
+        let session = load_task(c, &self.rt, &def, key.1).with_context(|| format!("model {}", key.0))?;
+        self.loaded.insert(key, Loaded { session, def });
+        self.used += need;
+        Ok(())
+    }
+
+    fn get(&mut self, c: &Client, key: (u64, u32), log: &dyn Fn(String)) -> Result<&mut Loaded> {
+        if !self.loaded.contains_key(&key) {
+            self.load(c, key, log)?;
+        }
+        self.clock += 1;
+        self.last_used.insert(key, self.clock);
+        Ok(self.loaded.get_mut(&key).unwrap())
+    }
+}
+
 pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> {
     let c = Client::new(&cfg.ledger)?;
     let me = cfg.key.pubkey();
@@ -87,24 +139,32 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
     }
     // Pre-load before registering, so the node never claims what it cannot run.
     let rt = OrtRuntime::new(cfg.threads)?;
-    let mut loaded: HashMap<(u64, u32), Loaded> = HashMap::new();
+    let mut cache = Cache {
+        rt,
+        defs,
+        loaded: HashMap::new(),
+        last_used: HashMap::new(),
+        clock: 0,
+        used: 0,
+        capacity: cfg.vram,
+    };
     for &(m, t) in &supports {
-        let def = &defs[&m];
-        let td = &def.tasks[t as usize - 1];
-        let graph = c.get_blob(&hex(&td.graph_hash))?;
-        let weights = c.get_blob(&hex(&td.weight_hash))?;
-        let onnx = splitup_graph::plan::join_weights(&graph, &weights)
-            .map_err(|(_, e)| anyhow::anyhow!("model {m} task {t}: {e}"))?;
-        let session = rt.load(&onnx).with_context(|| format!("model {m} task {t}"))?;
-        loaded.insert(
-            (m, t),
-            Loaded {
-                session,
-                def: def.clone(),
-            },
-        );
+        if cache.used + cache.need((m, t)) <= cache.capacity {
+            cache.load(&c, (m, t), log)?;
+        } else {
+            // Checked now, so a task that cannot load fails at start rather than when assigned.
+            let def = cache.defs[&m].clone();
+            drop(load_task(&c, &cache.rt, &def, t).with_context(|| format!("model {m}"))?);
+        }
     }
-    log(format!("node {} pre-loaded {} tasks", me.hex(), loaded.len()));
+    log(format!(
+        "node {} pre-loaded {} of {} tasks ({} of {} bytes)",
+        me.hex(),
+        cache.loaded.len(),
+        supports.len(),
+        cache.used,
+        cache.capacity
+    ));
     c.send(
         &cfg.key,
         Instruction::RegisterNode {
@@ -134,7 +194,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
     let mut done: HashSet<(u64, u32, String, u64)> = HashSet::new();
     while !stop.load(Ordering::SeqCst) {
         // The ledger may be down (restarting): log, wait, retry.
-        if let Err(err) = step(&c, cfg, &mut loaded, &mut done, &mut last_hb, period, stop, log) {
+        if let Err(err) = step(&c, cfg, &mut cache, &mut done, &mut last_hb, period, stop, log) {
             log(format!("ledger unreachable or refused: {err:#}; retrying"));
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -148,7 +208,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
 fn step(
     c: &Client,
     cfg: &Config,
-    loaded: &mut HashMap<(u64, u32), Loaded>,
+    cache: &mut Cache,
     done: &mut HashSet<(u64, u32, String, u64)>,
     last_hb: &mut Instant,
     period: Duration,
@@ -176,10 +236,11 @@ fn step(
             if done.contains(&key) {
                 continue;
             }
-            let Some(l) = loaded.get_mut(&(m, t)) else {
-                log(format!("assigned model {m} task {t}, which this node did not load"));
+            if !cache.defs.contains_key(&m) {
+                log(format!("assigned model {m} task {t}, which this node does not support"));
                 continue;
-            };
+            }
+            let l = cache.get(c, (m, t), log)?;
             std::thread::sleep(cfg.delay);
             match execute(c, l, e, t, cfg.cheat) {
                 Ok((commitment, blob)) => {
