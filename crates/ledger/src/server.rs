@@ -571,7 +571,7 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
                 every.tick().await;
                 state.core.lock().unwrap().tick();
                 n += 1;
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     let garbage = state
                         .core
                         .lock()
