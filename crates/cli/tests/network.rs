@@ -156,25 +156,7 @@ fn networked_run_equals_the_unsplit_run() {
     let _nodes: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("node{i}"))).collect();
     let ids = Tensor::from_i64(vec![1, 8], &[3, 1, 4, 1, 5, 9, 2, 6]).unwrap();
     std::fs::write(dir.join("ids.npy"), npy::encode(&ids).unwrap()).unwrap();
-    let out = ok(bin()
-        .args([
-            "submit",
-            "1",
-            "--ledger",
-            &url,
-            "--key",
-            "user.json",
-            "-i",
-            "input_ids=ids.npy",
-            "--wait",
-            "-o",
-            "net",
-            "--timeout",
-            "120",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    let out = submit_and_wait(dir, &url);
     assert!(out.contains("execution 1") && out.contains("logits.npy"), "{out}");
     ok(bin()
         .args(["run", "model.onnx", "-i", "input_ids=ids.npy", "-o", "whole"])
@@ -261,6 +243,29 @@ fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
         .output()
         .unwrap());
     npy::decode(&std::fs::read(dir.join("whole/logits.npy")).unwrap()).unwrap()
+}
+
+/// `splitup submit 1 --wait -o net`: returns its standard output.
+fn submit_and_wait(dir: &Path, url: &str) -> String {
+    ok(bin()
+        .args([
+            "submit",
+            "1",
+            "--ledger",
+            url,
+            "--key",
+            "user.json",
+            "-i",
+            "input_ids=ids.npy",
+            "--wait",
+            "-o",
+            "net",
+            "--timeout",
+            "120",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap())
 }
 
 fn submit(dir: &Path, url: &str) {
@@ -590,25 +595,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
         (w[i + 1].parse::<usize>().unwrap(), w[i + 3].parse::<usize>().unwrap())
     };
     assert!(loaded < total, "the node should not fit every task: {preload}");
-    let out = ok(bin()
-        .args([
-            "submit",
-            "1",
-            "--ledger",
-            &url,
-            "--key",
-            "user.json",
-            "-i",
-            "input_ids=ids.npy",
-            "--wait",
-            "-o",
-            "net",
-            "--timeout",
-            "120",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    let out = submit_and_wait(dir, &url);
     assert!(out.contains("logits.npy"), "{out}");
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     allclose(&net, &reference, Tolerance::PARTITION).unwrap();

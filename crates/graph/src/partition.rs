@@ -591,6 +591,27 @@ fn split_oversized(
     Ok(())
 }
 
+/// The error for a tensor of node `n` that no budget of `budget` can hold.
+fn activation_error(
+    tensor: &str,
+    info: &crate::shape::Info,
+    n: &crate::onnx::NodeProto,
+    need: u64,
+    budget: u64,
+) -> PartitionError {
+    PartitionError::Activation {
+        tensor: tensor.to_string(),
+        shape: info.shape.clone(),
+        dtype: info.dtype.name().into(),
+        bytes: info.bytes(),
+        need,
+        node: node_label(n),
+        op: n.op_type.clone(),
+        budget,
+        over: need - budget,
+    }
+}
+
 /// Rejects a graph in which some node's activations (inputs and outputs that
 /// are not weights) alone exceed the largest budget: no split can help.
 fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), PartitionError> {
@@ -609,17 +630,7 @@ fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), Partit
                 .iter()
                 .max_by_key(|(_, i)| i.bytes())
                 .expect("a positive need has a tensor");
-            return Err(PartitionError::Activation {
-                tensor: t.to_string(),
-                shape: info.shape.clone(),
-                dtype: info.dtype.name().into(),
-                bytes: info.bytes(),
-                need,
-                node: node_label(n),
-                op: n.op_type.clone(),
-                budget,
-                over: need - budget,
-            });
+            return Err(activation_error(t, info, n, need, budget));
         }
     }
     Ok(())
@@ -657,19 +668,7 @@ fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Resu
                     over,
                 })
             }
-            (_, Some((t, info))) => {
-                return Err(PartitionError::Activation {
-                    tensor: t.clone(),
-                    shape: info.shape.clone(),
-                    dtype: info.dtype.name().into(),
-                    bytes: info.bytes(),
-                    need,
-                    node: node_label(n),
-                    op: n.op_type.clone(),
-                    budget,
-                    over,
-                })
-            }
+            (_, Some((t, info))) => return Err(activation_error(t, info, n, need, budget)),
             (Some((w, wb)), None) => {
                 return Err(PartitionError::Weight {
                     weight: w.clone(),
