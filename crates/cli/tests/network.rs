@@ -605,3 +605,45 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
         "no task was unloaded: {lines:?}"
     );
 }
+
+#[test]
+fn a_node_stops_cleanly_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger(dir);
+    deploy_and_reference(dir, &url);
+    ok(bin()
+        .args(["keys", "new", "-o", "n.json"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["faucet", "--ledger", &url, "--key", "n.json", "--amount", "5000"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    let mut child = bin()
+        .args(["node", "start", "--ledger", &url, "--key", "n.json", "--vram", "8GiB"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("registered") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the node exited before registering"
+        );
+    }
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    let rest: String = out.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
+    assert!(status.success(), "exit {status:?}: {rest}");
+    assert!(rest.contains("stopping"), "{rest}");
+}
