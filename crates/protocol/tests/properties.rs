@@ -96,6 +96,42 @@ impl World {
         self.ledger.submit(&tx, self.now, &self.beacon).map(|_| tx)
     }
 
+    /// Funds, registers and stakes actors in `nodes` as capable nodes, and
+    /// funds actor 0 as a user; returns the user's key.
+    fn fund_nodes(&mut self, nodes: std::ops::Range<usize>) -> Keypair {
+        let auth = self.authority.clone();
+        for i in nodes {
+            let k = self.actors[i].clone();
+            self.send(
+                &auth,
+                Instruction::Mint {
+                    to: k.pubkey(),
+                    amount: 10_000 * USDC,
+                },
+            )
+            .unwrap();
+            self.send(
+                &k,
+                Instruction::RegisterNode {
+                    vram: 8 * GB,
+                    supports: vec![(1, 1), (1, 2)],
+                },
+            )
+            .unwrap();
+            self.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
+        }
+        let user = self.actors[0].clone();
+        self.send(
+            &auth,
+            Instruction::Mint {
+                to: user.pubkey(),
+                amount: 100 * USDC,
+            },
+        )
+        .unwrap();
+        user
+    }
+
     fn key_of(&self, p: &Pubkey) -> Option<Keypair> {
         self.actors
             .iter()
@@ -380,37 +416,7 @@ fn check_assignments(w: &World, events: &[Event]) -> Result<(), TestCaseError> {
 fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut w = World::new(challenge_ppm);
     // Fund and stake two capable nodes so that assignment paths are reached.
-    for i in 1..3 {
-        let k = w.actors[i].clone();
-        let auth = w.authority.clone();
-        w.send(
-            &auth,
-            Instruction::Mint {
-                to: k.pubkey(),
-                amount: 10_000 * USDC,
-            },
-        )
-        .unwrap();
-        w.send(
-            &k,
-            Instruction::RegisterNode {
-                vram: 8 * GB,
-                supports: vec![(1, 1), (1, 2)],
-            },
-        )
-        .unwrap();
-        w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
-    }
-    let user = w.actors[0].clone();
-    let auth = w.authority.clone();
-    w.send(
-        &auth,
-        Instruction::Mint {
-            to: user.pubkey(),
-            amount: 100 * USDC,
-        },
-    )
-    .unwrap();
+    w.fund_nodes(1..3);
     w.ledger.poll_events();
     for op in ops {
         if let Op::Advance { ms } = op {
@@ -477,37 +483,7 @@ proptest! {
 #[test]
 fn a_cheater_is_slashed_and_the_task_recomputed() {
     let mut w = World::new(1_000_000);
-    for i in 1..4 {
-        let k = w.actors[i].clone();
-        let auth = w.authority.clone();
-        w.send(
-            &auth,
-            Instruction::Mint {
-                to: k.pubkey(),
-                amount: 10_000 * USDC,
-            },
-        )
-        .unwrap();
-        w.send(
-            &k,
-            Instruction::RegisterNode {
-                vram: 8 * GB,
-                supports: vec![(1, 1), (1, 2)],
-            },
-        )
-        .unwrap();
-        w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
-    }
-    let user = w.actors[0].clone();
-    let auth = w.authority.clone();
-    w.send(
-        &auth,
-        Instruction::Mint {
-            to: user.pubkey(),
-            amount: 100 * USDC,
-        },
-    )
-    .unwrap();
+    let user = w.fund_nodes(1..4);
     w.send(
         &user,
         Instruction::SubmitExecution {
