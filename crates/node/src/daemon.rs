@@ -5,7 +5,6 @@
 use crate::ops::task_output;
 use crate::{hex, unhex32, Client};
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use splitup_exec::{OrtRuntime, Runtime, Session};
 use splitup_protocol::{Instruction, Keypair, ModelDef, GB};
 use splitup_tensor::Tensor;
@@ -329,8 +328,4 @@ fn perturb(t: Tensor) -> Tensor {
     }
     let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32 + 1.0).collect();
     Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)
-}
-
-pub fn describe(v: &Value) -> String {
-    v.to_string()
 }

@@ -782,7 +782,7 @@ impl Ledger {
                 validator: None,
                 proof,
             });
-            self.complete_task(execution, task, true);
+            self.complete_task(execution, task);
         }
         self.progress(execution, now, beacon);
         Ok(())
@@ -844,7 +844,7 @@ impl Ledger {
         self.executions.get_mut(&execution).unwrap().tasks[t].validator_commitment = Some(commitment);
         if matched {
             self.pay_validator(execution, task, v);
-            self.complete_task(execution, task, true);
+            self.complete_task(execution, task);
         } else {
             self.escalate(execution, task);
         }
@@ -908,7 +908,7 @@ impl Ledger {
                 self.slash(v, cost, Some(asserter), execution, task);
             }
             self.executions.get_mut(&execution).unwrap().tasks[t].outcome = Some("asserter upheld".into());
-            self.complete_task(execution, task, true);
+            self.complete_task(execution, task);
         } else {
             let winner = validator.filter(|_| validator_answered);
             self.slash(asserter, cost, winner, execution, task);
@@ -969,7 +969,7 @@ impl Ledger {
     }
 
     /// Marks a task done and pays its asserter (once).
-    fn complete_task(&mut self, execution: u64, task: u32, pay: bool) {
+    fn complete_task(&mut self, execution: u64, task: u32) {
         let t = task as usize - 1;
         let model = self.executions[&execution].model;
         let cost = self.task_cost(&self.models[&model].def.tasks[t]);
@@ -977,7 +977,7 @@ impl Ledger {
             let r = &self.executions[&execution].tasks[t];
             (r.node.unwrap(), r.paid)
         };
-        if pay && !paid {
+        if !paid {
             self.pay(execution, node, cost);
             self.executions.get_mut(&execution).unwrap().tasks[t].paid = true;
         }
