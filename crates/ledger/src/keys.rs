@@ -1,5 +1,6 @@
 //! Key files: `{"secret": "<64 hex digits>"}`, written owner-readable only.
 
+use splitup_protocol::crypto::{from_hex32, to_hex};
 use splitup_protocol::Keypair;
 use std::path::Path;
 
@@ -13,21 +14,6 @@ pub enum KeyError {
     Format { path: String },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: String },
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A fresh key from the operating system's randomness (shells may draw
@@ -49,7 +35,7 @@ pub fn write(path: &Path, key: &Keypair) -> Result<(), KeyError> {
     }
     let body = format!(
         "{{\"secret\": \"{}\", \"public\": \"{}\"}}\n",
-        hex(&key.seed()),
+        to_hex(&key.seed()),
         key.pubkey().hex()
     );
     let mut opts = std::fs::OpenOptions::new();
@@ -86,7 +72,7 @@ pub fn read(path: &Path) -> Result<Keypair, KeyError> {
     let seed = v
         .get("secret")
         .and_then(|s| s.as_str())
-        .and_then(unhex)
+        .and_then(from_hex32)
         .ok_or(KeyError::Format { path: p })?;
     Ok(Keypair::from_seed(seed))
 }

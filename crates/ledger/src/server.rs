@@ -257,17 +257,6 @@ impl Core {
     }
 }
 
-pub fn parse_pubkey(s: &str) -> Option<Pubkey> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(Pubkey(out))
-}
-
 struct AppState {
     core: Mutex<Core>,
     blobs: BlobStore,
@@ -320,7 +309,7 @@ async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, 100, format!("malformed JSON: {e}")),
     };
-    let Some(to) = v.get("to").and_then(|t| t.as_str()).and_then(parse_pubkey) else {
+    let Some(to) = v.get("to").and_then(|t| t.as_str()).and_then(Pubkey::from_hex) else {
         return error(
             StatusCode::BAD_REQUEST,
             101,
@@ -373,7 +362,7 @@ async fn get_genesis(State(s): State<Shared>) -> Response {
 }
 
 async fn get_account(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
-    let Some(k) = parse_pubkey(&key) else {
+    let Some(k) = Pubkey::from_hex(&key) else {
         return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
     };
     let core = s.core.lock().unwrap();
@@ -452,7 +441,7 @@ async fn get_models(State(s): State<Shared>) -> Response {
 
 /// What a node must do now: tasks assigned to it, and challenges it validates.
 async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
-    let Some(k) = parse_pubkey(&key) else {
+    let Some(k) = Pubkey::from_hex(&key) else {
         return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
     };
     let core = s.core.lock().unwrap();

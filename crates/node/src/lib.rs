@@ -8,11 +8,4 @@ pub mod ops;
 
 pub use client::Client;
 
-/// 32 bytes from 64 hex digits.
-pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    splitup_ledger::server::parse_pubkey(s).map(|p| p.0)
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use splitup_protocol::crypto::{from_hex32 as unhex32, to_hex as hex};

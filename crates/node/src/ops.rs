@@ -1,6 +1,6 @@
 //! Client operations: deploy a plan, submit an execution, fetch its outputs.
 
-use crate::{hex, unhex32, Client};
+use crate::{unhex32, Client};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use splitup_graph::plan::Manifest;
@@ -158,8 +158,4 @@ pub fn task_output(c: &Client, execution: &Value, def: &ModelDef, task: u32, ind
     tensors
         .remove(&name)
         .with_context(|| format!("blob {blob} lacks tensor {name:?}"))
-}
-
-pub fn commitment_hex(bytes: &[u8]) -> String {
-    hex(blake3::hash(bytes).as_bytes())
 }

@@ -20,8 +20,28 @@ impl Pubkey {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        to_hex(&self.0)
     }
+    pub fn from_hex(s: &str) -> Option<Pubkey> {
+        from_hex32(s).map(Pubkey)
+    }
+}
+
+/// Lowercase hex of `bytes`: keys, hashes and commitments on the wire.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from exactly 64 hex digits (keys, BLAKE3 hashes), or `None`.
+pub fn from_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A signing key. Created from 32 seed bytes so that tests and the simulator
