@@ -332,26 +332,31 @@ pub fn generate(a: GenerateArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The demos' plan: batch 1 and `seq` tokens, with a budget of weights /
+/// `tasks` (which cannot hold the model in fewer tasks), raised to the
+/// activation floor where activations dominate.
+pub fn demo_plan(g: &Graph, seq: usize, tasks: u64) -> Result<(u64, plan::PlanFiles)> {
+    if tasks < 2 {
+        bail!("--tasks must be at least 2");
+    }
+    let mut b = Bindings::default();
+    b.dims.insert("batch".into(), 1);
+    b.dims.insert("seq".into(), seq);
+    let budget = (g.weight_bytes() / tasks).max(partition::activation_floor(g, &b, 10)?);
+    let opts = Options::uniform(budget);
+    let p = partition::partition(g, &b, &opts)?;
+    let files = plan::build(&p, "demo-transformer", &b, &opts, true)?;
+    Ok((budget, files))
+}
+
 pub fn demo(a: DemoArgs) -> Result<i32> {
     let c = transformer_config(&a.shape);
     if a.seq == 0 || a.seq > c.max_seq {
         bail!("--seq must be between 1 and --max-seq ({})", c.max_seq);
     }
-    if a.tasks < 2 {
-        bail!("--tasks must be at least 2");
-    }
     let g = transformer(&c).map_err(anyhow::Error::msg)?;
     println!("model: generated transformer, {} layers, hidden {}, {} heads ({} KV), vocabulary {}, {} parameters, {} of weights (seed {})", c.layers, c.hidden, c.heads, c.kv_heads, c.vocab, c.parameters(), human(g.weight_bytes()), c.seed);
-    let mut b = Bindings::default();
-    b.dims.insert("batch".into(), 1);
-    b.dims.insert("seq".into(), a.seq);
-    // A budget of weights / tasks cannot hold the model in fewer tasks.
-    let mut budget = g.weight_bytes() / a.tasks;
-    let floor = partition::activation_floor(&g, &b, 10)?;
-    budget = budget.max(floor);
-    let opts = Options::uniform(budget);
-    let p = partition::partition(&g, &b, &opts)?;
-    let files = plan::build(&p, "demo-transformer", &b, &opts, true)?;
+    let (budget, files) = demo_plan(&g, a.seq, a.tasks)?;
     println!("budget: {} per node\n", human(budget));
     print_plan(&files.manifest);
     let tmp;

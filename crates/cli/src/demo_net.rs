@@ -7,9 +7,6 @@ use crate::DemoArgs;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use splitup_graph::builder::transformer;
-use splitup_graph::partition::{self, Options};
-use splitup_graph::plan;
-use splitup_graph::shape::Bindings;
 use splitup_ledger::keys;
 use splitup_node::Client;
 use splitup_tensor::{allclose, Tensor, Tolerance};
@@ -130,13 +127,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     let client = Client::new(&url)?;
 
     let g = transformer(&c).map_err(anyhow::Error::msg)?;
-    let mut b = Bindings::default();
-    b.dims.insert("batch".into(), 1);
-    b.dims.insert("seq".into(), a.seq);
-    let budget = (g.weight_bytes() / a.tasks).max(partition::activation_floor(&g, &b, 10)?);
-    let opts = Options::uniform(budget);
-    let p = partition::partition(&g, &b, &opts)?;
-    let files = plan::build(&p, "demo-transformer", &b, &opts, true)?;
+    let (budget, files) = crate::commands::demo_plan(&g, a.seq, a.tasks)?;
     println!(
         "model: generated transformer, {} layers, {} parameters, {} of weights; budget {} per node\n",
         c.layers,
