@@ -109,62 +109,11 @@ fn networked_run_equals_the_unsplit_run() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let (_ledger, url) = start_ledger(dir);
-    ok(bin()
-        .args(["generate", "--layers", "8", "-o", "model.onnx"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["keys", "new", "-o", "user.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", &url, "--key", "user.json", "--amount", "100"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    let out = ok(bin()
-        .args([
-            "deploy",
-            "model.onnx",
-            "--ledger",
-            &url,
-            "--key",
-            "user.json",
-            "--vram",
-            "700KiB",
-            "--dim",
-            "batch=1",
-            "--dim",
-            "seq=8",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    assert!(out.contains("model 1 registered"), "{out}");
-    let tasks: usize = out
-        .lines()
-        .find(|l| l.contains(" tasks; largest needs"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(tasks >= 4, "{tasks} tasks");
+    let (whole, tasks) = deploy_and_reference(dir, &url);
     let _nodes: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("node{i}"))).collect();
-    let ids = Tensor::from_i64(vec![1, 8], &[3, 1, 4, 1, 5, 9, 2, 6]).unwrap();
-    std::fs::write(dir.join("ids.npy"), npy::encode(&ids).unwrap()).unwrap();
     let out = submit_and_wait(dir, &url);
     assert!(out.contains("execution 1") && out.contains("logits.npy"), "{out}");
-    ok(bin()
-        .args(["run", "model.onnx", "-i", "input_ids=ids.npy", "-o", "whole"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
-    let whole = npy::decode(&std::fs::read(dir.join("whole/logits.npy")).unwrap()).unwrap();
     assert_eq!(net.shape, vec![1, 8, 2048]);
     allclose(&net, &whole, Tolerance::PARTITION).unwrap();
     let status = ok(bin()
@@ -201,7 +150,7 @@ fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Deploys the generated 8-layer model (≥ 4 tasks) and writes `ids.npy` and the unsplit output.
-fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
+fn deploy_and_reference(dir: &Path, url: &str) -> (Tensor, usize) {
     ok(bin()
         .args(["generate", "--layers", "8", "-o", "model.onnx"])
         .current_dir(dir)
@@ -217,7 +166,7 @@ fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
         .current_dir(dir)
         .output()
         .unwrap());
-    ok(bin()
+    let out = ok(bin()
         .args([
             "deploy",
             "model.onnx",
@@ -235,6 +184,17 @@ fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
         .current_dir(dir)
         .output()
         .unwrap());
+    assert!(out.contains("model 1 registered"), "{out}");
+    let tasks: usize = out
+        .lines()
+        .find(|l| l.contains(" tasks; largest needs"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tasks >= 4, "{tasks} tasks");
     let ids = Tensor::from_i64(vec![1, 8], &[2, 7, 1, 8, 2, 8, 1, 8]).unwrap();
     std::fs::write(dir.join("ids.npy"), npy::encode(&ids).unwrap()).unwrap();
     ok(bin()
@@ -242,7 +202,10 @@ fn deploy_and_reference(dir: &Path, url: &str) -> Tensor {
         .current_dir(dir)
         .output()
         .unwrap());
-    npy::decode(&std::fs::read(dir.join("whole/logits.npy")).unwrap()).unwrap()
+    (
+        npy::decode(&std::fs::read(dir.join("whole/logits.npy")).unwrap()).unwrap(),
+        tasks,
+    )
 }
 
 /// `splitup submit 1 --wait -o net`: returns its standard output.
@@ -302,7 +265,7 @@ fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
     let dir = d.path();
     // p = 1: every result is challenged, so the outcome is deterministic.
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
-    let reference = deploy_and_reference(dir, &url);
+    let (reference, _) = deploy_and_reference(dir, &url);
     // The cheater is alone when the execution starts, so it takes task 1.
     let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
     submit(dir, &url);
@@ -346,7 +309,7 @@ fn a_killed_node_loses_its_task_to_another_and_is_marked_unresponsive() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
-    let reference = deploy_and_reference(dir, &url);
+    let (reference, _) = deploy_and_reference(dir, &url);
     let mut stuck = start_node_with(dir, &url, "stuck", &["--delay-ms", "600000"]);
     submit(dir, &url);
     let k = pubkey(dir, "stuck");
@@ -375,7 +338,7 @@ fn a_ledger_killed_mid_execution_restarts_and_the_execution_completes() {
     let dir = d.path();
     let (ledger, url) = start_ledger(dir);
     let listen = url.trim_start_matches("http://").to_string();
-    let reference = deploy_and_reference(dir, &url);
+    let (reference, _) = deploy_and_reference(dir, &url);
     let _node = start_node_with(dir, &url, "node", &["--delay-ms", "700"]);
     submit(dir, &url);
     wait_for(60, "a first task to complete", || {
@@ -487,7 +450,7 @@ fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--retention-secs", "2"]);
-    let reference = deploy_and_reference(dir, &url);
+    let (reference, _) = deploy_and_reference(dir, &url);
     let _node = start_node(dir, &url, "node");
     let out = ok(bin()
         .args([
@@ -546,7 +509,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let (_ledger, url) = start_ledger(dir);
-    let reference = deploy_and_reference(dir, &url);
+    let (reference, _) = deploy_and_reference(dir, &url);
     ok(bin()
         .args(["keys", "new", "-o", "small.json"])
         .current_dir(dir)

@@ -548,34 +548,8 @@ fn a_cheater_is_slashed_and_the_task_recomputed() {
 #[test]
 fn draws_are_verifiable_by_anyone() {
     let mut w = World::new(80_000);
+    let user = w.fund_nodes(1..2);
     let k = w.actors[1].clone();
-    let auth = w.authority.clone();
-    w.send(
-        &auth,
-        Instruction::Mint {
-            to: k.pubkey(),
-            amount: 10_000 * USDC,
-        },
-    )
-    .unwrap();
-    w.send(
-        &k,
-        Instruction::RegisterNode {
-            vram: 8 * GB,
-            supports: vec![(1, 1), (1, 2)],
-        },
-    )
-    .unwrap();
-    w.send(&k, Instruction::Stake { amount: 5_000 * USDC }).unwrap();
-    let user = w.actors[0].clone();
-    w.send(
-        &auth,
-        Instruction::Mint {
-            to: user.pubkey(),
-            amount: 100 * USDC,
-        },
-    )
-    .unwrap();
     w.send(
         &user,
         Instruction::SubmitExecution {
