@@ -59,6 +59,20 @@ fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String)
     (Proc(child), url)
 }
 
+/// Creates the key file `key` and funds it with 5000 USDC from the faucet.
+fn fund_key(dir: &Path, url: &str, key: &str) {
+    ok(bin()
+        .args(["keys", "new", "-o", key])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["faucet", "--ledger", url, "--key", key, "--amount", "5000"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+}
+
 /// Starts a node and waits until it reports that it is registered.
 fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
     start_node_with(dir, url, name, &[])
@@ -66,16 +80,7 @@ fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
 
 fn start_node_with(dir: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
     let key = format!("{name}.json");
-    ok(bin()
-        .args(["keys", "new", "-o", &key])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", url, "--key", &key, "--amount", "5000"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    fund_key(dir, url, &key);
     let mut child = bin()
         .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
         .args(extra)
@@ -510,16 +515,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
     let dir = d.path();
     let (_ledger, url) = start_ledger(dir);
     let (reference, _) = deploy_and_reference(dir, &url);
-    ok(bin()
-        .args(["keys", "new", "-o", "small.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", &url, "--key", "small.json", "--amount", "5000"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    fund_key(dir, &url, "small.json");
     // Room for about two of the ≥ 4 tasks (each needs at most 700 KiB).
     let mut child = bin()
         .args([
@@ -575,16 +571,7 @@ fn a_node_stops_cleanly_on_sigterm() {
     let dir = d.path();
     let (_ledger, url) = start_ledger(dir);
     deploy_and_reference(dir, &url);
-    ok(bin()
-        .args(["keys", "new", "-o", "n.json"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", &url, "--key", "n.json", "--amount", "5000"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    fund_key(dir, &url, "n.json");
     let mut child = bin()
         .args(["node", "start", "--ledger", &url, "--key", "n.json", "--vram", "8GiB"])
         .current_dir(dir)
