@@ -313,35 +313,10 @@ pub fn partition_with_progress(
             None => place_shared(&ix, opts, progress),
         }
     } else {
-        let mut best: Vec<Option<(Score, Segment)>> = vec![None; n + 1];
-        let mut start_score: Vec<Option<Score>> = vec![None; n + 1];
-        start_score[0] = Some((0, 0, 0));
-        let mut last_i = usize::MAX;
-        for_each_segment(&ix, opts, opts.capacities[0], |seg| {
-            if seg.start != last_i {
-                last_i = seg.start;
-                if seg.start % 256 == 0 {
-                    progress(seg.start, n);
-                }
-            }
-            let Some(base) = start_score[seg.start] else {
-                return;
-            };
-            let cand = (base.0 + 1, base.1 + seg.cut_in, base.2.max(seg.flops));
-            if better(cand, start_score[seg.end]) {
-                start_score[seg.end] = Some(cand);
-                best[seg.end] = Some((cand, seg));
-            }
-        });
-        let mut segs = Vec::new();
-        let mut at = n;
-        while at > 0 {
-            let (_, seg) = best[at].expect("single nodes fit, so every prefix has a plan");
-            segs.push((seg, 0));
-            at = seg.start;
-        }
-        segs.reverse();
-        segs
+        chain_plan(&ix, opts, opts.capacities[0], progress)
+            .into_iter()
+            .map(|seg| (seg, 0))
+            .collect()
     };
     progress(n, n);
     let tasks = tasks
@@ -404,36 +379,45 @@ fn place_pipeline(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, us
     Some(out)
 }
 
-/// Fewer nodes than tasks: plan for the largest node, then place each task
-/// on the smallest node it fits (several tasks may share a node).
-fn place_shared(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, usize)) -> Vec<(Segment, usize)> {
-    let uniform = Options {
-        capacities: vec![opts.max_capacity()],
-        ..opts.clone()
-    };
+/// The lexicographically best sequence of ranges, each within `limit`:
+/// forward relaxation over cut points, then a backtrack from the end.
+fn chain_plan(ix: &Index, opts: &Options, limit: u64, progress: &mut dyn FnMut(usize, usize)) -> Vec<Segment> {
     let n = ix.node_inputs.len();
-    let mut best: Vec<Option<(Score, Segment)>> = vec![None; n + 1];
+    let mut best: Vec<Option<Segment>> = vec![None; n + 1];
     let mut start_score: Vec<Option<Score>> = vec![None; n + 1];
     start_score[0] = Some((0, 0, 0));
-    for_each_segment(ix, &uniform, uniform.capacities[0], |seg| {
+    let mut last_i = usize::MAX;
+    for_each_segment(ix, opts, limit, |seg| {
+        if seg.start != last_i {
+            last_i = seg.start;
+            if seg.start % 256 == 0 {
+                progress(seg.start, n);
+            }
+        }
         let Some(base) = start_score[seg.start] else {
             return;
         };
         let cand = (base.0 + 1, base.1 + seg.cut_in, base.2.max(seg.flops));
         if better(cand, start_score[seg.end]) {
             start_score[seg.end] = Some(cand);
-            best[seg.end] = Some((cand, seg));
+            best[seg.end] = Some(seg);
         }
     });
-    progress(n, n);
     let mut segs = Vec::new();
     let mut at = n;
     while at > 0 {
-        let (_, seg) = best[at].expect("single nodes fit the largest node");
+        let seg = best[at].expect("single nodes fit the limit, so every prefix has a plan");
         segs.push(seg);
         at = seg.start;
     }
     segs.reverse();
+    segs
+}
+
+/// Fewer nodes than tasks: plan for the largest node, then place each task
+/// on the smallest node it fits (several tasks may share a node).
+fn place_shared(ix: &Index, opts: &Options, progress: &mut dyn FnMut(usize, usize)) -> Vec<(Segment, usize)> {
+    let segs = chain_plan(ix, opts, opts.max_capacity(), progress);
     let mut load = vec![0usize; opts.capacities.len()];
     segs.into_iter()
         .map(|seg| {

@@ -111,3 +111,28 @@ fn heterogeneous_capacities_are_honoured() {
     used.dedup();
     assert_eq!(used.len(), p.tasks.len(), "one task per node when the nodes suffice");
 }
+
+#[test]
+fn fewer_nodes_than_tasks_share_nodes_and_every_task_fits_its_node() {
+    let g = transformer(&TransformerConfig::tiny()).unwrap();
+    let w = g.weight_bytes();
+    // Two nodes cannot hold the model one task each: tasks share them.
+    let caps = vec![w / 3, w / 4];
+    let opts = Options {
+        capacities: caps.clone(),
+        overhead_pct: 10,
+        vertical_split: true,
+    };
+    let p = partition(&g, &bindings(1, 8), &opts).unwrap();
+    assert!(p.tasks.len() > caps.len(), "{} tasks", p.tasks.len());
+    for t in &p.tasks {
+        assert!(
+            t.vram_bytes <= caps[t.placement],
+            "task of {} on node of {}",
+            t.vram_bytes,
+            caps[t.placement]
+        );
+    }
+    let covered: usize = p.tasks.iter().map(|t| t.end - t.start).sum();
+    assert_eq!(covered, p.graph.nodes.len());
+}
