@@ -164,7 +164,7 @@ pub struct LedgerStartArgs {
     /// Run as a public network: no faucet.
     #[arg(long)]
     pub no_faucet: bool,
-    /// TEST ONLY: 1 s heartbeats and 3 s task timeouts at genesis.
+    /// TEST ONLY: 2 s heartbeats and 10 s task timeouts at genesis.
     #[arg(long, hide = true)]
     pub test_timeouts: bool,
     /// Seconds to keep the input and intermediate tensors of a finished execution before deleting them.

@@ -434,9 +434,18 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
             > 0
     });
     let _honest = start_node(dir, &url, "honest");
-    wait_for(240, "all executions to finish", || {
-        (1..=15).all(|i| get(&url, &format!("/v1/executions/{i}"))["status"] == "Completed")
-    });
+    let t = std::time::Instant::now();
+    loop {
+        let unfinished: Vec<serde_json::Value> = (1..=15)
+            .map(|i| get(&url, &format!("/v1/executions/{i}")))
+            .filter(|e| e["status"] != "Completed")
+            .collect();
+        if unfinished.is_empty() {
+            break;
+        }
+        assert!(t.elapsed().as_secs() < 240, "executions not finished: {unfinished:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let h = pubkey(dir, "honest");
     assert_eq!(
         get(&url, &format!("/v1/accounts/{h}"))["node"]["slashed_total"],

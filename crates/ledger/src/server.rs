@@ -36,7 +36,7 @@ pub struct Config {
     pub challenge_ppm: u64,
     /// A local network: the faucet mints on request.
     pub local: bool,
-    /// Tests only: 1 s heartbeats and 3 s minimum task timeouts (ignored when the genesis exists).
+    /// Tests only: 2 s heartbeats and 10 s minimum task timeouts (ignored when the genesis exists).
     pub test_timeouts: bool,
     /// Tensors (inputs and task outputs) of finished executions are deleted this long after they finish.
     pub retention_ms: Millis,
@@ -95,8 +95,8 @@ impl Core {
                     params: if cfg.test_timeouts {
                         Params {
                             challenge_ppm: cfg.challenge_ppm,
-                            heartbeat_ms: 1_000,
-                            task_timeout_min_ms: 3_000,
+                            heartbeat_ms: 2_000,
+                            task_timeout_min_ms: 10_000,
                             task_timeout_per_100cu_ms: 100,
                             unstake_lockup_ms: 10_000,
                             ..Params::default()

@@ -215,16 +215,22 @@ fn step(
     log: &dyn Fn(String),
 ) -> Result<()> {
     let me = cfg.key.pubkey();
-    {
+    // Heartbeats are due whatever the node is busy with: checked before each item of work.
+    let beat = |last_hb: &mut Instant| -> Result<()> {
         if last_hb.elapsed() >= period {
             c.send(&cfg.key, Instruction::Heartbeat)?;
             *last_hb = Instant::now();
         }
+        Ok(())
+    };
+    {
+        beat(last_hb)?;
         let work = c.get(&format!("/v1/nodes/{}/work", me.hex()))?;
         for w in work.as_array().cloned().unwrap_or_default() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
+            beat(last_hb)?;
             let (e, m, t) = (
                 w["execution"].as_u64().unwrap_or(0),
                 w["model"].as_u64().unwrap_or(0),
@@ -264,7 +270,12 @@ fn step(
                         )),
                     }
                 }
-                Err(err) => log(format!("{kind} execution {e} task {t} failed: {err:#}")),
+                Err(err) => {
+                    // Often transient (an upstream result being recomputed): retry at the
+                    // next poll while the ledger still lists the work; its deadline bounds this.
+                    log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
+                    continue;
+                }
             }
             done.insert(key);
         }
