@@ -19,6 +19,8 @@ pub struct Account {
 pub enum NodeStatus {
     Active,
     Unresponsive,
+    /// Left gracefully (`Leave`); active again at its next heartbeat.
+    Offline,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +145,9 @@ pub struct Execution {
     pub tasks: Vec<TaskRun>,
     pub submitted_at: Millis,
     pub finished_at: Option<Millis>,
+    /// The user acknowledged it fetched the outputs (`Fetched`).
+    #[serde(default)]
+    pub fetched: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,6 +182,8 @@ pub struct Ledger {
     #[serde(skip)]
     pub events: Vec<Event>,
 }
+
+const SNAPSHOT_TAG: &[u8] = b"splitup-ledger-snapshot-v1\0";
 
 fn err_unknown(kind: &'static str, id: impl ToString) -> ProtocolError {
     ProtocolError::Unknown {
@@ -295,6 +302,33 @@ impl Ledger {
         h.update(&self.blockhash);
         h.update(data);
         self.blockhash = *h.finalize().as_bytes();
+    }
+
+    /// The whole state as bytes (events excluded): a version tag, the
+    /// postcard encoding, and its BLAKE3 hash, so a damaged snapshot is
+    /// detected rather than loaded.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).expect("the ledger state serialises");
+        let mut out = Vec::with_capacity(SNAPSHOT_TAG.len() + body.len() + 32);
+        out.extend_from_slice(SNAPSHOT_TAG);
+        out.extend_from_slice(blake3::hash(&body).as_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads a [`Ledger::snapshot`], checking its tag and hash.
+    pub fn restore(bytes: &[u8]) -> Result<Ledger, String> {
+        let rest = bytes
+            .strip_prefix(SNAPSHOT_TAG)
+            .ok_or("not a ledger snapshot of this version")?;
+        if rest.len() < 32 {
+            return Err("snapshot truncated".into());
+        }
+        let (hash, body) = rest.split_at(32);
+        if blake3::hash(body).as_bytes() != hash {
+            return Err("snapshot damaged: its content does not match its hash".into());
+        }
+        postcard::from_bytes(body).map_err(|e| format!("snapshot unreadable: {e}"))
     }
 
     /// Verifies the signature, then applies. The only entry point for
@@ -453,6 +487,25 @@ impl Ledger {
                 n.suspect = false;
                 n.liveness_votes.clear();
                 n.status = NodeStatus::Active;
+                Ok(())
+            }
+            Instruction::Leave => self.leave(signer, now, beacon),
+            Instruction::Fetched { execution } => {
+                let e = self
+                    .executions
+                    .get_mut(execution)
+                    .ok_or_else(|| err_unknown("execution", execution))?;
+                if e.user != signer {
+                    return Err(ProtocolError::Unauthorized(
+                        "only the execution's user acknowledges its outputs".into(),
+                    ));
+                }
+                if e.status == ExecStatus::InProgress {
+                    return Err(ProtocolError::Invalid(format!(
+                        "execution {execution} is still in progress"
+                    )));
+                }
+                e.fetched = true;
                 Ok(())
             }
             Instruction::SubmitExecution {
@@ -688,6 +741,7 @@ impl Ledger {
                 tasks: (0..ntasks).map(|_| TaskRun::new()).collect(),
                 submitted_at: now,
                 finished_at: None,
+                fetched: false,
             },
         );
         self.active.insert(id);
@@ -1126,6 +1180,54 @@ impl Ledger {
             node,
             attempt,
         });
+    }
+
+    /// `Leave`: hands back everything the node holds, then reassigns it.
+    fn leave(&mut self, node: Pubkey, now: Millis, beacon: &dyn Beacon) -> Result<(), ProtocolError> {
+        let n = self
+            .nodes
+            .get_mut(&node)
+            .ok_or_else(|| err_unknown("node", node.short()))?;
+        n.status = NodeStatus::Offline;
+        n.suspect = false;
+        self.events.push(Event::NodeLeft { node });
+        let ids: Vec<u64> = self.active.iter().copied().collect();
+        for id in ids {
+            let mut touched = false;
+            for t in 0..self.executions[&id].tasks.len() {
+                let task = t as u32 + 1;
+                let r = &self.executions[&id].tasks[t];
+                if r.status == TaskStatus::Assigned && r.node == Some(node) {
+                    self.nodes.get_mut(&node).unwrap().load -= 1;
+                    let r = &mut self.executions.get_mut(&id).unwrap().tasks[t];
+                    r.excluded.push(node);
+                    r.status = TaskStatus::Ready;
+                    touched = true;
+                    self.events.push(Event::Released {
+                        execution: id,
+                        task,
+                        node,
+                        validation: false,
+                    });
+                } else if r.status == TaskStatus::Challenged
+                    && r.validator == Some(node)
+                    && r.validator_commitment.is_none()
+                {
+                    self.events.push(Event::Released {
+                        execution: id,
+                        task,
+                        node,
+                        validation: true,
+                    });
+                    self.replace_validator(id, task, now);
+                    touched = true;
+                }
+            }
+            if touched {
+                self.progress(id, now, beacon);
+            }
+        }
+        Ok(())
     }
 
     fn replace_validator(&mut self, execution: u64, task: u32, now: Millis) {

@@ -174,6 +174,15 @@ pub enum Instruction {
         task: u32,
         commitment: [u8; 32],
     },
+    /// The signer (a node) goes offline gracefully: every assignment and
+    /// validation it holds is handed back and reassigned at once, and it is
+    /// not assigned more work until its next heartbeat.
+    Leave,
+    /// The user of a finished execution has its outputs: the storage may
+    /// delete the execution's tensors without waiting for the retention time.
+    Fetched {
+        execution: u64,
+    },
     /// Committee: is `node` unresponsive?
     LivenessVote {
         node: Pubkey,
@@ -349,6 +358,17 @@ pub enum Event {
     },
     NodeUnresponsive {
         node: Pubkey,
+    },
+    /// A node left gracefully (`Leave`).
+    NodeLeft {
+        node: Pubkey,
+    },
+    /// A task or validation handed back by a leaving node, before its deadline.
+    Released {
+        execution: u64,
+        task: u32,
+        node: Pubkey,
+        validation: bool,
     },
     /// A candidate skipped during assignment, and why.
     Skipped {

@@ -204,6 +204,13 @@ enum Op {
     BadSignature {
         who: usize,
     },
+    Leave {
+        who: usize,
+    },
+    Fetched {
+        who: usize,
+        execution: u64,
+    },
     Advance {
         ms: u64,
     },
@@ -249,7 +256,9 @@ fn op() -> impl Strategy<Value = Op> {
             node,
             unresponsive
         }),
-        who.prop_map(|who| Op::BadSignature { who }),
+        who.clone().prop_map(|who| Op::BadSignature { who }),
+        who.clone().prop_map(|who| Op::Leave { who }),
+        (who, 1u64..5).prop_map(|(who, execution)| Op::Fetched { who, execution }),
         prop_oneof![1u64..5_000, 30_000u64..200_000, Just(25 * 3600 * 1000)].prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -372,6 +381,8 @@ fn materialise(w: &World, op: &Op) -> Option<(Keypair, Instruction)> {
                 },
             )
         }
+        Op::Leave { who } => (a(who), Instruction::Leave),
+        Op::Fetched { who, execution } => (a(who), Instruction::Fetched { execution }),
         Op::BadSignature { .. } | Op::Advance { .. } => return None,
     })
 }
@@ -462,6 +473,9 @@ fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(w.ledger.money_total(), w.ledger.supply as u128, "money after {:?}", op);
     }
+    // A snapshot restores exactly the state it was taken from.
+    let restored = Ledger::restore(&w.ledger.snapshot()).map_err(TestCaseError::fail)?;
+    prop_assert!(restored == w.ledger, "a snapshot did not restore the same state");
     Ok(())
 }
 
@@ -579,4 +593,111 @@ fn draws_are_verifiable_by_anyone() {
         splitup_protocol::crypto::vrf_verify(&w.ledger.beacon, &alpha, &proof).is_some(),
         "the stored proof verifies against the beacon's public key"
     );
+}
+
+#[test]
+fn a_leaving_node_hands_back_its_work_at_once() {
+    let mut w = World::new(80_000);
+    let user = w.fund_nodes(1..3);
+    w.send(
+        &user,
+        Instruction::SubmitExecution {
+            model: 1,
+            priority: 0,
+            input_commitment: [0; 32],
+        },
+    )
+    .unwrap();
+    let first = w.ledger.executions[&1].tasks[0].node.unwrap();
+    let deadline = w.ledger.executions[&1].tasks[0].deadline;
+    let fk = w.key_of(&first).unwrap();
+    w.ledger.poll_events();
+    w.send(&fk, Instruction::Leave).unwrap();
+    let events = w.ledger.poll_events();
+    assert!(events.contains(&Event::Released {
+        execution: 1,
+        task: 1,
+        node: first,
+        validation: false
+    }));
+    let r = &w.ledger.executions[&1].tasks[0];
+    assert_eq!(
+        r.status,
+        TaskStatus::Assigned,
+        "reassigned without waiting for {deadline}"
+    );
+    assert_ne!(r.node, Some(first));
+    assert_eq!(r.failures, 0, "a graceful hand-back does not double the timeout");
+    assert_eq!(w.ledger.nodes[&first].status, NodeStatus::Offline);
+    assert_eq!(w.ledger.nodes[&first].load, 0);
+    // Offline until its next heartbeat.
+    w.send(&fk, Instruction::Heartbeat).unwrap();
+    assert_eq!(w.ledger.nodes[&first].status, NodeStatus::Active);
+}
+
+#[test]
+fn only_the_user_acknowledges_a_finished_execution() {
+    let mut w = World::new(80_000);
+    let user = w.fund_nodes(1..3);
+    w.send(
+        &user,
+        Instruction::SubmitExecution {
+            model: 1,
+            priority: 0,
+            input_commitment: [0; 32],
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        w.send(&user, Instruction::Fetched { execution: 1 }),
+        Err(ProtocolError::Invalid(_))
+    ));
+    // Everyone honest: results, and validations where drawn.
+    for _ in 0..8 {
+        for task in 1..=2u32 {
+            let r = w.ledger.executions[&1].tasks[task as usize - 1].clone();
+            let (who, ix) = match r.status {
+                TaskStatus::Assigned => (
+                    r.node.unwrap(),
+                    Instruction::SubmitResult {
+                        execution: 1,
+                        task,
+                        commitment: truth(1, task),
+                        output_uris: vec![],
+                    },
+                ),
+                TaskStatus::Challenged => (
+                    r.validator.unwrap(),
+                    Instruction::SubmitValidation {
+                        execution: 1,
+                        task,
+                        commitment: truth(1, task),
+                    },
+                ),
+                _ => continue,
+            };
+            let k = w.key_of(&who).unwrap();
+            w.send(&k, ix).unwrap();
+        }
+    }
+    let nk = w.actors[1].clone();
+    assert_eq!(w.ledger.executions[&1].status, ExecStatus::Completed);
+    assert!(matches!(
+        w.send(&nk, Instruction::Fetched { execution: 1 }),
+        Err(ProtocolError::Unauthorized(_))
+    ));
+    w.send(&user, Instruction::Fetched { execution: 1 }).unwrap();
+    assert!(w.ledger.executions[&1].fetched);
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused() {
+    let mut w = World::new(80_000);
+    w.ledger.poll_events();
+    let mut s = w.ledger.snapshot();
+    assert!(Ledger::restore(&s).unwrap() == w.ledger);
+    let n = s.len();
+    s[n - 3] ^= 1;
+    assert!(Ledger::restore(&s).unwrap_err().contains("damaged"));
+    assert!(Ledger::restore(b"junk").is_err());
 }
