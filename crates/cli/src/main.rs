@@ -170,6 +170,10 @@ pub struct LedgerStartArgs {
     /// Seconds to keep the input and intermediate tensors of a finished execution before deleting them.
     #[arg(long, default_value_t = 3600)]
     pub retention_secs: u64,
+    /// Store a snapshot of the ledger state after this many log entries, so a
+    /// restart replays only the entries after the newest snapshot.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_every: u64,
 }
 
 #[derive(Subcommand)]

@@ -24,6 +24,7 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         local: !a.no_faucet,
         test_timeouts: a.test_timeouts,
         retention_ms: a.retention_secs.saturating_mul(1000),
+        snapshot_every: a.snapshot_every,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(server::serve_with(cfg, move |addr| {

@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 struct Ledger {
     child: Child,
     url: String,
+    /// The start-up line: address, and how the state was rebuilt.
+    banner: String,
 }
 
 impl Drop for Ledger {
@@ -21,9 +23,14 @@ impl Drop for Ledger {
 }
 
 fn start(data: &Path) -> Ledger {
+    start_with(data, &[])
+}
+
+fn start_with(data: &Path, extra: &[&str]) -> Ledger {
     let mut child = Command::new(env!("CARGO_BIN_EXE_splitup"))
         .args(["ledger", "start", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -37,7 +44,11 @@ fn start(data: &Path) -> Ledger {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
-    Ledger { child, url }
+    Ledger {
+        child,
+        url,
+        banner: line,
+    }
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -250,4 +261,76 @@ fn keys_faucet_and_balance_from_the_command_line() {
     let err = String::from_utf8(o.stderr).unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("cannot reach the ledger"), "{err}");
+}
+
+/// Entries of each kind in the ledger's log.
+fn log_rows(data: &Path, kind: &str) -> i64 {
+    let db = rusqlite::Connection::open(data.join("ledger.sqlite")).unwrap();
+    db.query_row("SELECT COUNT(*) FROM log WHERE kind = ?1", [kind], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn restarts_load_a_snapshot_and_a_damaged_snapshot_falls_back_to_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let users: Vec<Keypair> = (0..3).map(|_| keys::generate()).collect();
+    let state = |l: &Ledger| {
+        let st = get(l, "/v1/status").1;
+        let b: Vec<(u64, u64)> = users.iter().map(|u| (balance(l, u), nonce(l, u))).collect();
+        (st["blockhash"].clone(), st["instructions"].clone(), b)
+    };
+    let before = {
+        let l = start_with(d.path(), &["--snapshot-every", "4"]);
+        for u in &users {
+            faucet(&l, u, 100);
+        }
+        for i in 0..7 {
+            let (from, to) = (&users[i % 3], &users[(i + 1) % 3]);
+            let tx = SignedTx::sign(
+                from,
+                nonce(&l, from),
+                Instruction::Transfer {
+                    to: to.pubkey(),
+                    amount: USDC,
+                },
+            );
+            assert_eq!(send(&l, &tx).0, 200);
+        }
+        // Idle: nothing is due, so no tick is applied or logged.
+        let ticks = log_rows(d.path(), "tick");
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert_eq!(log_rows(d.path(), "tick"), ticks, "an idle ledger logged ticks");
+        state(&l)
+        // SIGKILL on drop.
+    };
+    let total = log_rows(d.path(), "tx");
+    assert_eq!(total, 10);
+    {
+        let l = start_with(d.path(), &["--snapshot-every", "4"]);
+        assert!(
+            l.banner.contains("snapshot at log entry 8 + 2 entries replayed"),
+            "{}",
+            l.banner
+        );
+        assert_eq!(
+            state(&l),
+            before,
+            "snapshot + tail differs from the state before kill -9"
+        );
+    }
+    // Damage the newest snapshot: the older one is used, and the state is the same.
+    let db = rusqlite::Connection::open(d.path().join("ledger.sqlite")).unwrap();
+    db.execute(
+        "UPDATE snapshots SET body = CAST(substr(body, 1, length(body) - 1) || 'x' AS BLOB) WHERE seq = (SELECT MAX(seq) FROM snapshots)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let l = start_with(d.path(), &["--snapshot-every", "4"]);
+    assert!(
+        l.banner.contains("snapshot at log entry 4 + 6 entries replayed"),
+        "{}",
+        l.banner
+    );
+    assert_eq!(state(&l), before);
 }

@@ -38,8 +38,11 @@ pub struct Config {
     pub local: bool,
     /// Tests only: 2 s heartbeats and 10 s minimum task timeouts (ignored when the genesis exists).
     pub test_timeouts: bool,
-    /// Tensors (inputs and task outputs) of finished executions are deleted this long after they finish.
+    /// Tensors (inputs and task outputs) of finished executions are deleted
+    /// this long after they finish, or as soon as their user has fetched them.
     pub retention_ms: Millis,
+    /// A snapshot of the state is stored after this many log entries.
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,11 @@ pub struct Core {
     log: Log,
     last_now: Millis,
     local: bool,
+    last_seq: i64,
+    snapshot_every: u64,
+    since_snapshot: u64,
+    /// How the state was rebuilt at start, for the start-up line.
+    pub restored: String,
 }
 
 fn wall_ms() -> Millis {
@@ -121,9 +129,21 @@ impl Core {
                 "the keys in the data directory do not match its genesis".into(),
             ));
         }
-        let mut ledger = Ledger::genesis(genesis).map_err(ServerError::Genesis)?;
-        let mut last_now = 0;
-        log.replay(|_, e| {
+        let genesis_ledger = Ledger::genesis(genesis).map_err(ServerError::Genesis)?;
+        // The newest snapshot that reads back intact; a damaged one is reported and skipped.
+        let mut start = None;
+        for (seq, now, body) in log.snapshots()? {
+            match Ledger::restore(&body) {
+                Ok(l) if l.params == genesis_ledger.params && l.beacon == genesis_ledger.beacon => {
+                    start = Some((seq, now, l));
+                    break;
+                }
+                Ok(_) => eprintln!("warning: snapshot at log entry {seq} belongs to another genesis; skipped"),
+                Err(e) => eprintln!("warning: snapshot at log entry {seq}: {e}; skipped"),
+            }
+        }
+        let (after, mut last_now, mut ledger) = start.unwrap_or((0, 0, genesis_ledger));
+        let replayed = log.replay(after, |_, e| {
             match e {
                 Entry::Tx { now, tx } => {
                     ledger
@@ -139,6 +159,12 @@ impl Core {
             ledger.poll_events();
             Ok(())
         })?;
+        let restored = if after > 0 {
+            format!("snapshot at log entry {after} + {replayed} entries replayed")
+        } else {
+            format!("{replayed} log entries replayed")
+        };
+        let last_seq = log.last_seq()?;
         Ok(Core {
             ledger,
             beacon,
@@ -147,6 +173,10 @@ impl Core {
             log,
             last_now,
             local: cfg.local,
+            last_seq,
+            snapshot_every: cfg.snapshot_every.max(1),
+            since_snapshot: replayed,
+            restored,
         })
     }
 
@@ -155,14 +185,33 @@ impl Core {
         self.last_now
     }
 
-    fn durable(&self, e: &Entry) -> i64 {
+    fn durable(&mut self, e: &Entry) -> i64 {
         match self.log.append(e) {
-            Ok(seq) => seq,
+            Ok(seq) => {
+                self.last_seq = seq;
+                self.since_snapshot += 1;
+                if self.since_snapshot >= self.snapshot_every {
+                    self.snapshot();
+                }
+                seq
+            }
             Err(err) => {
                 // The state is ahead of the log; the log is the truth. Restart rebuilds it.
                 eprintln!("fatal: cannot make an accepted instruction durable: {err}");
                 std::process::abort();
             }
+        }
+    }
+
+    /// Stores the state as of the last log entry. A failure only costs a
+    /// longer replay at the next start, so it is reported, not fatal.
+    pub fn snapshot(&mut self) {
+        match self
+            .log
+            .save_snapshot(self.last_seq, self.last_now, &self.ledger.snapshot())
+        {
+            Ok(()) => self.since_snapshot = 0,
+            Err(e) => eprintln!("warning: snapshot at log entry {} not stored: {e}", self.last_seq),
         }
     }
 
@@ -177,8 +226,20 @@ impl Core {
         Ok((seq, events))
     }
 
+    /// Runs the state machine's deadlines when one is due (or a task waits
+    /// for a node); a tick that could change nothing is neither applied nor logged.
     pub fn tick(&mut self) {
         let now = self.now();
+        let due = self.ledger.poll_timeout().is_some_and(|t| t <= now);
+        let waiting = self.ledger.active.iter().any(|id| {
+            self.ledger.executions[id]
+                .tasks
+                .iter()
+                .any(|r| r.status == TaskStatus::Ready)
+        });
+        if !due && !waiting {
+            return;
+        }
         self.ledger.tick(now, &self.beacon);
         self.durable(&Entry::Tick { now });
         let events = self.ledger.poll_events();
@@ -186,7 +247,7 @@ impl Core {
     }
 
     /// Blobs that finished executions no longer need: their input and every
-    /// task output, once `retention_ms` has passed since they finished,
+    /// task output, once the user fetched them or `retention_ms` has passed since they finished,
     /// unless an unfinished execution or a model still refers to the same
     /// content. Returns the hashes to delete and marks the executions done.
     pub fn garbage(&mut self, retention_ms: Millis, collected: &mut std::collections::BTreeSet<u64>) -> Vec<String> {
@@ -209,7 +270,7 @@ impl Core {
         let mut out = Vec::new();
         for (id, e) in &self.ledger.executions {
             let Some(done) = e.finished_at else { continue };
-            if collected.contains(id) || now.saturating_sub(done) < retention_ms {
+            if collected.contains(id) || (!e.fetched && now.saturating_sub(done) < retention_ms) {
                 continue;
             }
             collected.insert(*id);
@@ -536,7 +597,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
 /// As [`serve`], calling `on_ready` with the bound address once listening.
 pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     let core = Core::open(&cfg)?;
-    let replayed = core.ledger.instructions;
+    let replayed = core.restored.clone();
     let blobs = BlobStore::open(&cfg.data.join("blobs"))?;
     let (app, state) = router(core, blobs);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -544,7 +605,7 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Other(e.to_string()))?;
     println!(
-        "ledger listening on http://{addr} (data {}, {replayed} instructions replayed)",
+        "ledger listening on http://{addr} (data {}, state from {replayed})",
         cfg.data.display()
     );
     use std::io::Write;
@@ -587,5 +648,7 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         .await
         .map_err(|e| ServerError::Other(e.to_string()))?;
     ticker.abort();
+    // A clean stop leaves a snapshot of the final state: the next start replays nothing.
+    state.core.lock().unwrap().snapshot();
     Ok(())
 }
