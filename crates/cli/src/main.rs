@@ -96,6 +96,11 @@ pub struct SubmitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// After fetching, do not tell the ledger (which otherwise lets the
+    /// storage delete the execution's tensors at once; without it they are
+    /// kept for the ledger's retention time).
+    #[arg(long, requires = "wait")]
+    pub keep: bool,
 }
 
 #[derive(Args)]
@@ -112,6 +117,11 @@ pub struct FetchArgs {
     pub execution: u64,
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
+    /// The submitter's key file: once the outputs are written, acknowledge
+    /// them so the storage deletes the execution's tensors without waiting
+    /// for the retention time.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +180,11 @@ pub struct LedgerStartArgs {
     /// Seconds to keep the input and intermediate tensors of a finished execution before deleting them.
     #[arg(long, default_value_t = 3600)]
     pub retention_secs: u64,
+    /// Where blobs (weights, inputs, outputs) live: file:///DIR, s3://BUCKET/PREFIX,
+    /// gs://BUCKET/PREFIX or http(s)://… (credentials from AWS_* / GOOGLE_*
+    /// variables). Default: DATA/blobs. The ledger serves it at /v1/blobs either way.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Store a snapshot of the ledger state after this many log entries, so a
     /// restart replays only the entries after the newest snapshot.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -190,6 +205,18 @@ pub struct LedgerUrl {
     /// The ledger's URL.
     #[arg(long, default_value = "http://127.0.0.1:7878")]
     pub ledger: String,
+    /// Read and write blobs directly in this store (the ledger's own:
+    /// s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, file:///DIR or http(s)://…;
+    /// credentials from AWS_* / GOOGLE_* variables). Default: through the
+    /// ledger's HTTP store API at LEDGER/v1/blobs.
+    #[arg(long, env = "SPLITUP_STORE", value_name = "URL")]
+    pub store: Option<String>,
+}
+
+impl LedgerUrl {
+    pub fn client(&self) -> anyhow::Result<splitup_node::Client> {
+        splitup_node::Client::with_store(&self.ledger, self.store.as_deref())
+    }
 }
 
 #[derive(Args)]

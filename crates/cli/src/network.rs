@@ -25,6 +25,7 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         test_timeouts: a.test_timeouts,
         retention_ms: a.retention_secs.saturating_mul(1000),
         snapshot_every: a.snapshot_every,
+        store: a.store,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(server::serve_with(cfg, move |addr| {
@@ -45,7 +46,7 @@ pub fn keys_new(path: &std::path::Path) -> Result<i32> {
 
 pub fn faucet(a: FaucetArgs) -> Result<i32> {
     let key = keys::read(&a.keyed.key)?;
-    let c = Client::new(&a.keyed.ledger.ledger)?;
+    let c = a.keyed.ledger.client()?;
     c.post(
         "/v1/faucet",
         &json!({ "to": key.pubkey().hex(), "amount_usdc": a.amount }),
@@ -62,7 +63,7 @@ pub fn faucet(a: FaucetArgs) -> Result<i32> {
 
 pub fn balance(a: KeyedArgs) -> Result<i32> {
     let key = keys::read(&a.key)?;
-    let c = Client::new(&a.ledger.ledger)?;
+    let c = a.ledger.client()?;
     let acct = c.get(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
     println!(
         "{}: {:.6} USDC",
@@ -83,7 +84,7 @@ pub fn balance(a: KeyedArgs) -> Result<i32> {
 }
 
 pub fn nodes(a: LedgerUrl) -> Result<i32> {
-    let c = Client::new(&a.ledger)?;
+    let c = a.client()?;
     let nodes = c.get("/v1/nodes")?;
     let list = nodes.as_array().cloned().unwrap_or_default();
     println!(
@@ -107,7 +108,7 @@ pub fn nodes(a: LedgerUrl) -> Result<i32> {
 
 pub fn deploy(a: DeployArgs) -> Result<i32> {
     let key = keys::read(&a.keyed.key)?;
-    let c = Client::new(&a.keyed.ledger.ledger)?;
+    let c = a.keyed.ledger.client()?;
     let (g, b) = crate::commands::load_model(&a.model)?;
     if !g.is_materialised() {
         bail!(
@@ -135,7 +136,7 @@ pub fn deploy(a: DeployArgs) -> Result<i32> {
 
 pub fn submit(a: SubmitArgs) -> Result<i32> {
     let key = keys::read(&a.keyed.key)?;
-    let c = Client::new(&a.keyed.ledger.ledger)?;
+    let c = a.keyed.ledger.client()?;
     let inputs = crate::util::read_inputs(&a.inputs)?;
     let id = splitup_node::ops::submit(&c, &key, a.model, &inputs, a.priority)?;
     println!("execution {id}");
@@ -170,11 +171,22 @@ pub fn submit(a: SubmitArgs) -> Result<i32> {
     for p in crate::util::write_outputs(a.output.as_ref().unwrap(), &outputs)? {
         println!("wrote {}", p.display());
     }
+    if !a.keep {
+        acknowledge(&c, &key, id)?;
+    }
     Ok(0)
 }
 
+/// Tells the ledger the outputs are safely on disk, so the storage may
+/// delete the execution's tensors now rather than after the retention time.
+fn acknowledge(c: &splitup_node::Client, key: &splitup_protocol::Keypair, id: u64) -> Result<()> {
+    c.send(key, splitup_protocol::Instruction::Fetched { execution: id })?;
+    println!("acknowledged: the network may now delete execution {id}'s tensors");
+    Ok(())
+}
+
 pub fn status(a: StatusArgs) -> Result<i32> {
-    let c = Client::new(&a.ledger.ledger)?;
+    let c = a.ledger.client()?;
     let e = c.get(&format!("/v1/executions/{}", a.execution))?;
     println!("execution {} of model {}: {}", a.execution, e["model"], e["status"]);
     println!(
@@ -200,10 +212,13 @@ pub fn status(a: StatusArgs) -> Result<i32> {
 }
 
 pub fn fetch(a: FetchArgs) -> Result<i32> {
-    let c = Client::new(&a.ledger.ledger)?;
+    let c = a.ledger.client()?;
     let outputs = splitup_node::ops::fetch(&c, a.execution)?;
     for p in crate::util::write_outputs(&a.output, &outputs)? {
         println!("wrote {}", p.display());
+    }
+    if let Some(k) = &a.key {
+        acknowledge(&c, &keys::read(k)?, a.execution)?;
     }
     Ok(0)
 }
@@ -234,6 +249,7 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         .context("cannot install the SIGINT/SIGTERM handler")?;
     let cfg = splitup_node::daemon::Config {
         ledger: a.keyed.ledger.ledger.clone(),
+        store: a.keyed.ledger.store.clone(),
         key,
         vram: a.vram,
         stake: a.stake.map(|s| s * splitup_protocol::USDC),

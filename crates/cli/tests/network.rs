@@ -35,10 +35,15 @@ fn start_ledger(dir: &Path) -> (Proc, String) {
 }
 
 fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
+    start_ledger_env(dir, listen, extra, &[])
+}
+
+fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, String)]) -> (Proc, String) {
     let mut child = bin()
         .args(["ledger", "start", "--listen", listen, "--data"])
         .arg(dir.join("ledger"))
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -79,11 +84,16 @@ fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
 }
 
 fn start_node_with(dir: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
+    start_node_env(dir, url, name, extra, &[])
+}
+
+fn start_node_env(dir: &Path, url: &str, name: &str, extra: &[&str], env: &[(&str, String)]) -> Proc {
     let key = format!("{name}.json");
     fund_key(dir, url, &key);
     let mut child = bin()
         .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -466,6 +476,7 @@ fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--retention-secs", "2"]);
     let (reference, _) = deploy_and_reference(dir, &url);
     let _node = start_node(dir, &url, "node");
+    // --keep: no acknowledgement, so only the retention time frees the tensors.
     let out = ok(bin()
         .args([
             "submit",
@@ -479,6 +490,7 @@ fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time
             "--wait",
             "-o",
             "net",
+            "--keep",
         ])
         .current_dir(dir)
         .output()
@@ -605,4 +617,131 @@ fn a_node_stops_cleanly_on_sigterm() {
     let rest: String = out.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
     assert!(status.success(), "exit {status:?}: {rest}");
     assert!(rest.contains("stopping"), "{rest}");
+}
+
+/// An S3-compatible server (moto, from PyPI; `.ci/run` installs it) on a
+/// free port of 127.0.0.1, with `bucket` created. Returns it and its URL.
+fn start_s3(bucket: &str) -> (Proc, String) {
+    let mut child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("moto_server not found: `pip install 'moto[server]'` (.ci/run installs it)");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let endpoint = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "moto_server exited");
+        if let Some(i) = line.find("http://127.0.0.1:") {
+            break line[i..].trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in err.lines().map_while(Result::ok) {});
+    let r = reqwest::blocking::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    (Proc(child), endpoint)
+}
+
+#[test]
+fn with_storage_on_s3_the_run_is_correct_and_a_fetch_frees_the_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_s3, endpoint) = start_s3("splitup-test");
+    let env = [
+        ("AWS_ENDPOINT", endpoint.clone()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    let store = "s3://splitup-test/blobs";
+    let (_ledger, url) = start_ledger_env(dir, "127.0.0.1:0", &["--store", store], &env);
+    assert_eq!(get(&url, "/v1/status")["store"], store);
+    // The client deploys through the ledger's HTTP store API, which writes to S3.
+    let (reference, _) = deploy_and_reference(dir, &url);
+    // One node reads and writes S3 directly, one through the ledger.
+    let _direct = start_node_env(dir, &url, "direct", &["--store", store], &env);
+    let _proxied = start_node(dir, &url, "proxied");
+    let out = ok(bin()
+        .args([
+            "submit",
+            "1",
+            "--ledger",
+            &url,
+            "--key",
+            "user.json",
+            "-i",
+            "input_ids=ids.npy",
+            "--wait",
+            "-o",
+            "net",
+            "--keep",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(!out.contains("acknowledged"), "{out}");
+    let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
+    allclose(&net, &reference, Tolerance::PARTITION).unwrap();
+    assert!(
+        !dir.join("ledger/blobs").exists(),
+        "with --store s3://, nothing is stored on the ledger's disk"
+    );
+    // Every tensor of the execution, and the weights, are objects in the bucket.
+    let opts: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_lowercase(), v.clone())).collect();
+    let opts: Vec<(&str, &str)> = opts.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bucket = splitup_store::BlockingStore::open_with(store, &opts).unwrap();
+    let object = |hash: &str| match bucket.get(hash) {
+        Ok(_) => 200,
+        Err(splitup_store::StoreError::Missing(_)) => 404,
+        Err(e) => panic!("{e}"),
+    };
+    let e = get(&url, "/v1/executions/1");
+    let mut tensors: Vec<String> = e["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let uri = t["output_uris"][0].as_str().unwrap();
+            assert!(uri.starts_with(store) || uri.starts_with(&url), "{uri}");
+            uri.rsplit('/').next().unwrap().to_string()
+        })
+        .collect();
+    tensors.push(e["input"].as_str().unwrap().to_string());
+    for h in &tensors {
+        assert_eq!(object(h), 200, "tensor {h} is not in the bucket");
+    }
+    let model = get(&url, "/v1/models/1");
+    let weights: Vec<String> = model["def"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["weight_hash"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{:02x}", b.as_u64().unwrap()))
+                .collect()
+        })
+        .collect();
+    for w in &weights {
+        assert_eq!(object(w), 200, "weights {w} are not in the bucket");
+    }
+    // Fetching with the user's key acknowledges: the tensors go well before the 1 h retention.
+    let out = ok(bin()
+        .args(["fetch", "1", "--ledger", &url, "--key", "user.json", "-o", "again"])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(out.contains("acknowledged"), "{out}");
+    wait_for(30, "the execution's tensors to leave the bucket", || {
+        tensors.iter().all(|h| object(h) == 404)
+    });
+    for w in &weights {
+        assert_eq!(object(w), 200, "the model's weights must stay");
+    }
 }

@@ -4,7 +4,6 @@
 //! in-process committee of three oracle keys, and a content-addressed blob
 //! store served over HTTP.
 
-pub mod blobs;
 pub mod keys;
 pub mod log;
 pub mod server;

@@ -7,7 +7,6 @@
 //! aborts: the state in memory is ahead of the log, and a restart rebuilds it
 //! from the log, which holds exactly what was acknowledged.
 
-use crate::blobs::{BlobError, BlobStore, BLOB_BYTES_MAX};
 use crate::keys;
 use crate::log::{Entry, Log, LogError};
 use axum::body::Bytes;
@@ -19,6 +18,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use splitup_protocol::state::Ledger;
 use splitup_protocol::*;
+use splitup_store::{Store, StoreError, BLOB_BYTES_MAX};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,8 @@ pub struct Config {
     pub retention_ms: Millis,
     /// A snapshot of the state is stored after this many log entries.
     pub snapshot_every: u64,
+    /// The blob store's URL (see `splitup_store`); `None`: `DATA/blobs` on the local disk.
+    pub store: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,7 @@ pub enum ServerError {
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
-    Blobs(#[from] BlobError),
+    Store(#[from] StoreError),
     #[error("genesis refused: {0}")]
     Genesis(ProtocolError),
     #[error("{0}")]
@@ -252,7 +254,7 @@ impl Core {
     /// content. Returns the hashes to delete and marks the executions done.
     pub fn garbage(&mut self, retention_ms: Millis, collected: &mut std::collections::BTreeSet<u64>) -> Vec<String> {
         let now = self.last_now;
-        let blob_of = |uri: &str| uri.rsplit('/').next().unwrap_or(uri).to_string();
+        let blob_of = |uri: &str| splitup_store::hash_of_uri(uri).to_string();
         let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for m in self.ledger.models.values() {
             for t in &m.def.tasks {
@@ -320,7 +322,7 @@ impl Core {
 
 struct AppState {
     core: Mutex<Core>,
-    blobs: BlobStore,
+    blobs: Store,
     collected: Mutex<std::collections::BTreeSet<u64>>,
 }
 
@@ -405,6 +407,7 @@ async fn get_status(State(s): State<Shared>) -> Response {
         "executions": l.executions.len(),
         "supply": l.supply,
         "treasury": l.treasury,
+        "store": s.blobs.url(),
     }))
     .into_response()
 }
@@ -542,26 +545,35 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
     Json(Value::Array(out)).into_response()
 }
 
-async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
-    match s.blobs.put(&hash, &body) {
-        Ok(()) => Json(json!({ "ok": true, "blake3": hash, "bytes": body.len() })).into_response(),
-        Err(e @ (BlobError::BadName(_) | BlobError::Mismatch { .. })) => {
+fn store_error(e: StoreError) -> Response {
+    match e {
+        StoreError::BadName(_) | StoreError::Mismatch { .. } | StoreError::TooLarge { .. } => {
             error(StatusCode::BAD_REQUEST, 102, e.to_string())
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, 500, e.to_string()),
+        StoreError::Missing(_) => error(StatusCode::NOT_FOUND, 4, e.to_string()),
+        // The backing store failed (or holds damaged bytes we refuse to serve).
+        _ => error(StatusCode::BAD_GATEWAY, 502, e.to_string()),
+    }
+}
+
+/// The ledger's store over HTTP, for nodes and clients on other hosts: PUT
+/// and GET check content against the name both ways.
+async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
+    let n = body.len();
+    match s.blobs.put(&hash, body).await {
+        Ok(()) => Json(json!({ "ok": true, "blake3": hash, "bytes": n })).into_response(),
+        Err(e) => store_error(e),
     }
 }
 
 async fn get_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>) -> Response {
-    match s.blobs.get(&hash) {
+    match s.blobs.get(&hash).await {
         Ok(bytes) => bytes.into_response(),
-        Err(e @ BlobError::BadName(_)) => error(StatusCode::BAD_REQUEST, 102, e.to_string()),
-        Err(e @ BlobError::Missing(_)) => error(StatusCode::NOT_FOUND, 4, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, 500, e.to_string()),
+        Err(e) => store_error(e),
     }
 }
 
-fn router(core: Core, blobs: BlobStore) -> (Router, Shared) {
+fn router(core: Core, blobs: Store) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
@@ -598,15 +610,25 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
 pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<(), ServerError> {
     let core = Core::open(&cfg)?;
     let replayed = core.restored.clone();
-    let blobs = BlobStore::open(&cfg.data.join("blobs"))?;
+    let blobs = match &cfg.store {
+        Some(url) => Store::open(url)?,
+        None => Store::open(&format!(
+            "file://{}",
+            std::path::absolute(cfg.data.join("blobs"))
+                .map_err(|e| ServerError::Other(e.to_string()))?
+                .display()
+        ))?,
+    };
+    let blobs_url = blobs.url().to_string();
     let (app, state) = router(core, blobs);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Other(e.to_string()))?;
     println!(
-        "ledger listening on http://{addr} (data {}, state from {replayed})",
-        cfg.data.display()
+        "ledger listening on http://{addr} (data {}, state from {replayed}, blobs in {})",
+        cfg.data.display(),
+        blobs_url
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -628,7 +650,9 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
                         .unwrap()
                         .garbage(retention_ms, &mut state.collected.lock().unwrap());
                     for h in garbage {
-                        let _ = state.blobs.remove(&h);
+                        if let Err(e) = state.blobs.remove(&h).await {
+                            eprintln!("warning: garbage collection: {e}");
+                        }
                     }
                 }
             }

@@ -3,14 +3,25 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use splitup_protocol::{Instruction, Keypair, SignedTx};
+use splitup_store::BlockingStore;
 
 pub struct Client {
     base: String,
     http: reqwest::blocking::Client,
+    store: BlockingStore,
 }
 
 impl Client {
+    /// A client of the ledger at `base` whose blobs go through the ledger's
+    /// own store API (`BASE/v1/blobs`).
     pub fn new(base: &str) -> Result<Client> {
+        Client::with_store(base, None)
+    }
+
+    /// As [`Client::new`], with blobs read and written directly in the store
+    /// `store` names (`s3://…`, `gs://…`, `file://…`, `http(s)://…`), which
+    /// must be the ledger's.
+    pub fn with_store(base: &str, store: Option<&str>) -> Result<Client> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--ledger must be an http:// or https:// URL, not {base:?}");
@@ -18,11 +29,18 @@ impl Client {
         let http = reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()?;
-        Ok(Client { base, http })
+        let url = store.map(str::to_string).unwrap_or_else(|| format!("{base}/v1/blobs"));
+        let store = BlockingStore::open(&url)?;
+        Ok(Client { base, http, store })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The URI a blob stored through this client has.
+    pub fn blob_uri(&self, hash: &str) -> String {
+        self.store.store().uri(hash)
     }
 
     fn check(
@@ -66,31 +84,13 @@ impl Client {
         Ok(r["events"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Uploads a blob; returns its hash.
     pub fn put_blob(&self, bytes: Vec<u8>) -> Result<String> {
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        self.check(
-            "upload",
-            self.http
-                .put(format!("{}/v1/blobs/{hash}", self.base))
-                .body(bytes)
-                .send(),
-        )?;
-        Ok(hash)
+        self.store.put(bytes).context("upload")
     }
 
-    /// Downloads a blob and checks its content against its name.
+    /// Downloads a blob, checking its content against its name.
     pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
-        let bytes = self
-            .check(
-                "download",
-                self.http.get(format!("{}/v1/blobs/{hash}", self.base)).send(),
-            )?
-            .bytes()?
-            .to_vec();
-        let actual = blake3::hash(&bytes).to_hex().to_string();
-        if actual != hash {
-            bail!("blob {hash} arrived with content hashing to {actual}: refused");
-        }
-        Ok(bytes)
+        Ok(self.store.get(hash).context("download")?.to_vec())
     }
 }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub struct Config {
     pub ledger: String,
+    /// Blob store URL; `None`: through the ledger's HTTP store API.
+    pub store: Option<String>,
     pub key: Keypair,
     pub vram: u64,
     /// Micro-USDC to stake; `None`: exactly what the VRAM requires.
@@ -88,7 +90,7 @@ impl Cache {
 }
 
 pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> {
-    let c = Client::new(&cfg.ledger)?;
+    let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?;
     let me = cfg.key.pubkey();
     let genesis = c.get("/v1/genesis")?;
     let p = &genesis["params"];
@@ -260,7 +262,7 @@ fn step(
                             execution: e,
                             task: t,
                             commitment,
-                            output_uris: vec![format!("{}/v1/blobs/{blob}", c.base())],
+                            output_uris: vec![c.blob_uri(&blob)],
                         }
                     };
                     match c.send(&cfg.key, ix) {

@@ -42,7 +42,7 @@ pub fn deploy(
             compute_units: t.compute_units.max(1),
             inputs: t.inputs.iter().map(spec).collect(),
             outputs: t.outputs.iter().map(spec).collect(),
-            weight_uri: format!("{}/v1/blobs/{wh}", c.base()),
+            weight_uri: c.blob_uri(&wh),
             weight_hash: unhex32(&wh).unwrap(),
             graph_hash: unhex32(&gh).unwrap(),
         });
@@ -149,7 +149,7 @@ pub fn task_output(c: &Client, execution: &Value, def: &ModelDef, task: u32, ind
             .as_str()
             .with_context(|| format!("task {task} has no output yet"))?;
         (
-            uri.rsplit('/').next().unwrap_or(uri).to_string(),
+            splitup_store::hash_of_uri(uri).to_string(),
             def.tasks[task as usize - 1].outputs[index as usize].name.clone(),
         )
     };
