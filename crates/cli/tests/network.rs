@@ -587,36 +587,56 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
 }
 
 #[test]
-fn a_node_stops_cleanly_on_sigterm() {
+fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let (_ledger, url) = start_ledger(dir);
-    deploy_and_reference(dir, &url);
-    fund_key(dir, &url, "n.json");
-    let mut child = bin()
-        .args(["node", "start", "--ledger", &url, "--key", "n.json", "--vram", "8GiB"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("registered") {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "the node exited before registering"
-        );
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
+    let (reference, _) = deploy_and_reference(dir, &url);
+    // A slow node takes the first task of three executions.
+    let mut slow = start_node_with(dir, &url, "slow", &["--delay-ms", "3000"]);
+    let slow_key = pubkey(dir, "slow");
+    for i in 1..=3 {
+        let out = ok(bin()
+            .args(["submit", "1", "--ledger", &url, "--key", "user.json", "-i", "input_ids=ids.npy"])
+            .current_dir(dir)
+            .output()
+            .unwrap());
+        assert!(out.contains(&format!("execution {i}")), "{out}");
     }
+    wait_for(30, "the slow node to hold three assignments", || {
+        get(&url, &format!("/v1/nodes/{slow_key}/work"))
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    });
+    let _fast = start_node(dir, &url, "fast");
     let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &slow.0.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    let status = child.wait().unwrap();
-    let rest: String = out.lines().map_while(Result::ok).collect::<Vec<_>>().join("\n");
-    assert!(status.success(), "exit {status:?}: {rest}");
-    assert!(rest.contains("stopping"), "{rest}");
+    let status = slow.0.wait().unwrap();
+    assert!(status.success(), "the node exited with {status:?}");
+    let nodes = get(&url, "/v1/nodes");
+    let me = nodes.as_array().unwrap().iter().find(|n| n["key"] == slow_key.as_str()).unwrap();
+    assert_eq!(me["status"], "Offline", "{me}");
+    assert_eq!(me["load"], 0, "it holds nothing after leaving: {me}");
+    for id in 1..=3 {
+        wait_for(60, "the executions to complete", || {
+            get(&url, &format!("/v1/executions/{id}"))["status"] == "Completed"
+        });
+        let e = get(&url, &format!("/v1/executions/{id}"));
+        for t in e["tasks"].as_array().unwrap() {
+            assert_eq!(t["timeouts"], 0, "a task waited for its timeout: {t}");
+        }
+    }
+    // The one task it had started it finished; the others went to the fast node.
+    let by_slow = (1..=3)
+        .filter(|id| get(&url, &format!("/v1/executions/{id}"))["tasks"][0]["node"] == slow_key.as_str())
+        .count();
+    assert_eq!(by_slow, 1);
+    fetch_and_compare(dir, &url, &reference);
 }
 
 /// An S3-compatible server (moto, from PyPI; `.ci/run` installs it) on a

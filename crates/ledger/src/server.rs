@@ -475,6 +475,7 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>) ->
                 "status": format!("{:?}", r.status),
                 "node": r.node.map(|n| n.hex()),
                 "attempts": r.attempts,
+                "timeouts": r.failures,
                 "challenged": r.challenged,
                 "validator": r.validator.map(|v| v.hex()),
                 "outcome": r.outcome,

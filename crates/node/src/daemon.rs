@@ -201,7 +201,21 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
         }
         std::thread::sleep(cfg.poll_every);
     }
-    log(format!("node {} stopping: no task in progress", me.hex()));
+    // Finished the task in hand; hand back everything else at once rather
+    // than let it time out.
+    match c.send(&cfg.key, Instruction::Leave) {
+        Ok(events) => {
+            let n = events.iter().filter(|e| e.get("Released").is_some()).count();
+            log(format!(
+                "node {} stopping: finished the task in hand, handed back {n} assignments",
+                me.hex()
+            ));
+        }
+        Err(err) => log(format!(
+            "node {} stopping; could not tell the ledger ({err:#}): its assignments will time out",
+            me.hex()
+        )),
+    }
     Ok(())
 }
 
