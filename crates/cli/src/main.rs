@@ -147,8 +147,11 @@ pub struct NodeStartArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// TEST ONLY: return perturbed outputs (to exercise Proof of Sampling).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "jitter")]
     pub cheat: bool,
+    /// TEST ONLY: scale outputs by 1 ± 1e-6, as different hardware would (honest, not bit-identical).
+    #[arg(long, hide = true)]
+    pub jitter: bool,
     /// TEST ONLY: wait this many milliseconds before executing each task.
     #[arg(long, hide = true, default_value_t = 0)]
     pub delay_ms: u64,

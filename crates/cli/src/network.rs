@@ -257,7 +257,13 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         threads: a.threads,
         heartbeat_every: std::time::Duration::from_secs(10),
         poll_every: std::time::Duration::from_millis(100),
-        cheat: a.cheat,
+        fault: if a.cheat {
+            splitup_node::daemon::Fault::Cheat
+        } else if a.jitter {
+            splitup_node::daemon::Fault::Jitter
+        } else {
+            splitup_node::daemon::Fault::None
+        },
         delay: std::time::Duration::from_millis(a.delay_ms),
     };
     splitup_node::daemon::run(&cfg, &stop, &|m| {
@@ -303,7 +309,12 @@ fn committee(url: String, data: std::path::PathBuf) {
                 }
             }
             let honest = match splitup_node::daemon::recompute(&c, rt.as_ref().unwrap(), m, e, t) {
-                Ok(commitment) => d["commitment"].as_str() == Some(splitup_node::hex(&commitment).as_str()),
+                Ok(verdict) => {
+                    if let Err(why) = &verdict {
+                        eprintln!("committee: execution {e} task {t}: the asserter's result disagrees: {why:#}");
+                    }
+                    verdict.is_ok()
+                }
                 Err(err) => {
                     eprintln!("committee: re-executing execution {e} task {t} failed: {err:#}");
                     continue;

@@ -26,8 +26,8 @@ pub struct Config {
     pub threads: usize,
     pub heartbeat_every: Duration,
     pub poll_every: Duration,
-    /// Test only: perturb every output (a cheating node).
-    pub cheat: bool,
+    /// Test only: misbehave (cheat, or differ in the last bits like other hardware).
+    pub fault: Fault,
     /// Test only: wait this long before executing each task (a slow node).
     pub delay: Duration,
 }
@@ -263,9 +263,25 @@ fn step(
             }
             let l = cache.get(c, (m, t), log)?;
             std::thread::sleep(cfg.delay);
-            match execute(c, l, e, t, cfg.cheat) {
-                Ok((commitment, blob)) => {
+            match execute(c, l, e, t, cfg.fault) {
+                Ok((outputs, commitment, blob)) => {
                     let ix = if kind == "validate" {
+                        // Agree with the checked result when it is within the
+                        // cross-GPU tolerance of ours; otherwise assert ours.
+                        let commitment = match checked_agrees(c, e, t, &outputs) {
+                            Ok(claimed) => {
+                                if claimed != commitment {
+                                    log(format!(
+                                        "validate execution {e} task {t}: bytes differ, numbers agree within tolerance"
+                                    ));
+                                }
+                                claimed
+                            }
+                            Err(why) => {
+                                log(format!("validate execution {e} task {t}: disagree: {why:#}"));
+                                commitment
+                            }
+                        };
                         Instruction::SubmitValidation {
                             execution: e,
                             task: t,
@@ -310,17 +326,61 @@ pub fn load_task(c: &Client, rt: &dyn Runtime, def: &ModelDef, task: u32) -> Res
     Ok(rt.load(&onnx)?)
 }
 
-/// Re-executes a task of an execution and returns the honest commitment.
-pub fn recompute(c: &Client, rt: &dyn Runtime, model: u64, execution: u64, task: u32) -> Result<[u8; 32]> {
+/// The committee's check of a disputed task: re-executes it and says
+/// whether the asserter's committed outputs agree with the recomputation
+/// within the cross-GPU tolerance (`Ok(())`), or why not.
+pub fn recompute(c: &Client, rt: &dyn Runtime, model: u64, execution: u64, task: u32) -> Result<Result<()>> {
     let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{model}"))?["def"].clone())?;
     let session = load_task(c, rt, &def, task)?;
     let mut l = Loaded { session, def };
-    Ok(execute(c, &mut l, execution, task, false)?.0)
+    let (outputs, _, _) = execute(c, &mut l, execution, task, Fault::None)?;
+    Ok(checked_agrees(c, execution, task, &outputs).map(|_| ()))
 }
 
-/// Runs one task of one execution; returns the commitment (BLAKE3 of the
-/// outputs' safetensors bytes) and the uploaded blob's name.
-fn execute(c: &Client, l: &mut Loaded, execution: u64, task: u32, cheat: bool) -> Result<([u8; 32], String)> {
+/// Whether the result committed for (execution, task) agrees with `mine`
+/// (the same tensor names, each within [`splitup_tensor::agree`]); returns
+/// that commitment if so. The committed blob is fetched by its hash, so a
+/// result whose bytes are missing or do not match its commitment disagrees.
+fn checked_agrees(c: &Client, execution: u64, task: u32, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
+    let ex = c.get(&format!("/v1/executions/{execution}"))?;
+    let claimed = ex["tasks"][task as usize - 1]["commitment"]
+        .as_str()
+        .context("no committed result to check")?
+        .to_string();
+    let bytes = c.get_blob(&claimed).context("the committed outputs cannot be read")?;
+    let theirs = splitup_tensor::st::decode(&bytes).context("the committed outputs are not safetensors")?;
+    if theirs.len() != mine.len() {
+        bail!("{} outputs committed, {} computed", theirs.len(), mine.len());
+    }
+    for (name, t) in mine {
+        let other = theirs
+            .get(name)
+            .with_context(|| format!("the committed outputs lack {name:?}"))?;
+        splitup_tensor::agree(other, t).with_context(|| format!("output {name:?}"))?;
+    }
+    unhex32(&claimed).context("a commitment is 32 bytes")
+}
+
+/// Test-only misbehaviour of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Adds 1 to every float output: a cheat.
+    Cheat,
+    /// Scales float outputs by 1 ± 1e-6: an honest node on different
+    /// hardware, whose bytes differ but whose numbers agree.
+    Jitter,
+}
+
+/// Runs one task of one execution; returns the outputs, the commitment
+/// (BLAKE3 of the outputs' safetensors bytes) and the uploaded blob's name.
+fn execute(
+    c: &Client,
+    l: &mut Loaded,
+    execution: u64,
+    task: u32,
+    fault: Fault,
+) -> Result<(BTreeMap<String, Tensor>, [u8; 32], String)> {
     let ex = c.get(&format!("/v1/executions/{execution}"))?;
     let td = &l.def.tasks[task as usize - 1];
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
@@ -340,19 +400,25 @@ fn execute(c: &Client, l: &mut Loaded, execution: u64, task: u32, cheat: bool) -
     let outputs = l.session.run(&refs)?;
     let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, t) in outputs {
-        let t = if cheat { perturb(t) } else { t };
-        map.insert(name, t);
+        map.insert(name, perturb(t, fault));
     }
     let bytes = splitup_tensor::st::encode(&map)?;
     let blob = c.put_blob(bytes)?;
-    Ok((unhex32(&blob).unwrap(), blob))
+    Ok((map, unhex32(&blob).unwrap(), blob))
 }
 
-/// Test-only cheating: adds 1 to every float element.
-fn perturb(t: Tensor) -> Tensor {
-    if t.dtype != splitup_tensor::DType::F32 {
+fn perturb(t: Tensor, fault: Fault) -> Tensor {
+    if t.dtype != splitup_tensor::DType::F32 || fault == Fault::None {
         return t;
     }
-    let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32 + 1.0).collect();
+    let v: Vec<f32> = t
+        .to_f64_vec()
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| match fault {
+            Fault::Cheat => x as f32 + 1.0,
+            _ => (x * if i % 2 == 0 { 1.0 + 1e-6 } else { 1.0 - 1e-6 }) as f32,
+        })
+        .collect();
     Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)
 }

@@ -11,7 +11,7 @@ pub mod npy;
 pub mod st;
 mod value;
 
-pub use compare::{allclose, Mismatch, Tolerance};
+pub use compare::{agree, allclose, Agreement, Mismatch, Tolerance};
 pub use dtype::DType;
 pub use value::{Tensor, TensorError};
 
