@@ -50,12 +50,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Waits as `splitup submit --wait` does: long-polling the ledger.
 fn wait_all(c: &Client, ids: &[u64]) {
     for id in ids {
         let t = Instant::now();
-        while c.get(&format!("/v1/executions/{id}")).unwrap()["status"] != "Completed" {
+        let mut seen = None;
+        loop {
+            let (e, v) = c
+                .get_when_changed(&format!("/v1/executions/{id}"), seen, Duration::from_secs(5))
+                .unwrap();
+            if e["status"] == "Completed" {
+                break;
+            }
+            seen = v;
             assert!(t.elapsed() < Duration::from_secs(300), "execution {id} did not finish");
-            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

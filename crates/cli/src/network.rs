@@ -145,8 +145,12 @@ pub fn submit(a: SubmitArgs) -> Result<i32> {
     }
     let started = std::time::Instant::now();
     let pb = indicatif::ProgressBar::new(0);
+    let mut seen = None;
     loop {
-        let e = c.get(&format!("/v1/executions/{id}"))?;
+        // Long-poll: the ledger answers when the execution's state may have changed.
+        let (e, version) =
+            c.get_when_changed(&format!("/v1/executions/{id}"), seen, std::time::Duration::from_secs(5))?;
+        seen = version;
         let tasks = e["tasks"].as_array().cloned().unwrap_or_default();
         pb.set_length(tasks.len() as u64);
         pb.set_position(tasks.iter().filter(|t| t["status"] == "Completed").count() as u64);
@@ -164,7 +168,6 @@ pub fn submit(a: SubmitArgs) -> Result<i32> {
                 a.timeout
             );
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     pb.finish_and_clear();
     let outputs = splitup_node::ops::fetch(&c, id)?;

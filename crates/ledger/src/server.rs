@@ -10,7 +10,7 @@
 use crate::keys;
 use crate::log::{Entry, Log, LogError};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -74,6 +74,9 @@ pub struct Core {
     since_snapshot: u64,
     /// How the state was rebuilt at start, for the start-up line.
     pub restored: String,
+    /// Bumped after every change of state (an instruction, an applied tick):
+    /// long-polling readers wait on it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn wall_ms() -> Millis {
@@ -179,6 +182,7 @@ impl Core {
             snapshot_every: cfg.snapshot_every.max(1),
             since_snapshot: replayed,
             restored,
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -223,6 +227,7 @@ impl Core {
         let now = self.now();
         self.ledger.submit(&tx, now, &self.beacon)?;
         let seq = self.durable(&Entry::Tx { now, tx: Box::new(tx) });
+        self.changes.send_modify(|v| *v += 1);
         let events = self.ledger.poll_events();
         self.react(&events);
         Ok((seq, events))
@@ -244,6 +249,7 @@ impl Core {
         }
         self.ledger.tick(now, &self.beacon);
         self.durable(&Entry::Tick { now });
+        self.changes.send_modify(|v| *v += 1);
         let events = self.ledger.poll_events();
         self.react(&events);
     }
@@ -457,14 +463,46 @@ async fn get_nodes(State(s): State<Shared>) -> Response {
     .into_response()
 }
 
-async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+/// `?after=V&wait_ms=N`: answer once the state has changed since version
+/// `V` (the `x-splitup-version` header of an earlier answer), or after `N`
+/// ms (at most 30 s). Without `after` the answer is immediate. This is the
+/// push channel: a node or client waits here instead of polling.
+#[derive(serde::Deserialize)]
+struct Wait {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+pub const LONG_POLL_MS_MAX: u64 = 30_000;
+
+async fn wait_for_change(s: &Shared, w: &Wait) {
+    let Some(after) = w.after else { return };
+    let mut rx = s.core.lock().unwrap().changes.subscribe();
+    let limit = std::time::Duration::from_millis(w.wait_ms.unwrap_or(10_000).min(LONG_POLL_MS_MAX));
+    let _ = tokio::time::timeout(limit, rx.wait_for(|v| *v > after)).await;
+}
+
+/// Adds the state version the answer was computed at (read under the same lock).
+fn versioned(core: &Core, r: Response) -> Response {
+    let mut r = r;
+    r.headers_mut()
+        .insert("x-splitup-version", (*core.changes.borrow()).into());
+    r
+}
+
+async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, 101, "execution ids are numbers");
     };
-    let core = s.core.lock().unwrap();
-    let Some(e) = core.ledger.executions.get(&id) else {
-        return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}"));
+    let finished = match s.core.lock().unwrap().ledger.executions.get(&id) {
+        None => return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}")),
+        Some(e) => e.status != ExecStatus::InProgress,
     };
+    if !finished {
+        wait_for_change(&s, &w).await;
+    }
+    let core = s.core.lock().unwrap();
+    let e = &core.ledger.executions[&id];
     let tasks: Vec<Value> = e
         .tasks
         .iter()
@@ -484,7 +522,7 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>) ->
             })
         })
         .collect();
-    Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "input": Pubkey(e.input_commitment).hex(), "status": e.status, "escrow": e.escrow, "tasks": tasks })).into_response()
+    versioned(&core, Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "input": Pubkey(e.input_commitment).hex(), "status": e.status, "escrow": e.escrow, "fetched": e.fetched, "tasks": tasks })).into_response())
 }
 
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
@@ -505,15 +543,16 @@ async fn get_models(State(s): State<Shared>) -> Response {
 }
 
 /// What a node must do now: tasks assigned to it, and challenges it validates.
-async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
+async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Some(k) = Pubkey::from_hex(&key) else {
         return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
     };
-    let core = s.core.lock().unwrap();
-    let l = &core.ledger;
-    if !l.nodes.contains_key(&k) {
+    if !s.core.lock().unwrap().ledger.nodes.contains_key(&k) {
         return error(StatusCode::NOT_FOUND, 4, format!("unknown node {}", k.hex()));
     }
+    wait_for_change(&s, &w).await;
+    let core = s.core.lock().unwrap();
+    let l = &core.ledger;
     let mut work = Vec::new();
     for id in &l.active {
         let e = &l.executions[id];
@@ -526,7 +565,7 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Res
             work.push(json!({ "execution": id, "model": e.model, "task": i + 1, "kind": kind, "attempt": r.attempts, "deadline_ms": r.deadline }));
         }
     }
-    Json(Value::Array(work)).into_response()
+    versioned(&core, Json(Value::Array(work)).into_response())
 }
 
 /// Tasks in dispute, for the committee to re-execute and vote on.

@@ -63,6 +63,28 @@ impl Client {
         Ok(r)
     }
 
+    /// As [`Client::get`] for the ledger's long-polling reads: with
+    /// `after = Some(v)` the ledger answers once its state has changed since
+    /// version `v`, or after `wait`. Returns the answer and its version.
+    pub fn get_when_changed(
+        &self,
+        path: &str,
+        after: Option<u64>,
+        wait: std::time::Duration,
+    ) -> Result<(Value, Option<u64>)> {
+        let url = match after {
+            Some(v) => format!("{}{path}?after={v}&wait_ms={}", self.base, wait.as_millis()),
+            None => format!("{}{path}", self.base),
+        };
+        let r = self.check(path, self.http.get(url).send())?;
+        let version = r
+            .headers()
+            .get("x-splitup-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((r.json()?, version))
+    }
+
     pub fn get(&self, path: &str) -> Result<Value> {
         Ok(self
             .check(path, self.http.get(format!("{}{path}", self.base)).send())?

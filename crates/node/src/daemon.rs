@@ -193,13 +193,24 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
     let period = Duration::from_millis(p["heartbeat_ms"].as_u64().unwrap_or(30_000) / 3).min(cfg.heartbeat_every);
     let mut last_hb = Instant::now() - period;
     let mut done: HashSet<(u64, u32, String, u64)> = HashSet::new();
+    // The ledger's state version last seen: the next read of the work list
+    // waits (long-polls) until the state moves past it.
+    let mut seen: Option<u64> = None;
     while !stop.load(Ordering::SeqCst) {
-        // The ledger may be down (restarting): log, wait, retry.
-        if let Err(err) = step(&c, cfg, &mut cache, &mut done, &mut last_hb, period, stop, log) {
-            log(format!("ledger unreachable or refused: {err:#}; retrying"));
-            std::thread::sleep(Duration::from_secs(1));
+        match step(&c, cfg, &mut cache, &mut done, &mut last_hb, period, seen, stop, log) {
+            Ok(Next::Wait(v)) => seen = v,
+            // Something failed and may succeed soon without the state changing: poll.
+            Ok(Next::Retry) => {
+                seen = None;
+                std::thread::sleep(cfg.poll_every);
+            }
+            // The ledger may be down (restarting): log, wait, retry.
+            Err(err) => {
+                log(format!("ledger unreachable or refused: {err:#}; retrying"));
+                seen = None;
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
-        std::thread::sleep(cfg.poll_every);
     }
     // Finished the task in hand; hand back everything else at once rather
     // than let it time out.
@@ -219,6 +230,16 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
     Ok(())
 }
 
+enum Next {
+    /// Wait for the ledger's state to move past this version.
+    Wait(Option<u64>),
+    Retry,
+}
+
+/// Longest a node waits for new work in one request; short enough to notice
+/// SIGTERM promptly.
+const WORK_WAIT_MAX: Duration = Duration::from_secs(2);
+
 #[allow(clippy::too_many_arguments)]
 fn step(
     c: &Client,
@@ -227,9 +248,10 @@ fn step(
     done: &mut HashSet<(u64, u32, String, u64)>,
     last_hb: &mut Instant,
     period: Duration,
+    seen: Option<u64>,
     stop: &AtomicBool,
     log: &dyn Fn(String),
-) -> Result<()> {
+) -> Result<Next> {
     let me = cfg.key.pubkey();
     // Heartbeats are due whatever the node is busy with: checked before each item of work.
     let beat = |last_hb: &mut Instant| -> Result<()> {
@@ -241,7 +263,10 @@ fn step(
     };
     {
         beat(last_hb)?;
-        let work = c.get(&format!("/v1/nodes/{}/work", me.hex()))?;
+        // Wait for new work no longer than until the next heartbeat is due.
+        let wait = period.saturating_sub(last_hb.elapsed()).min(WORK_WAIT_MAX);
+        let (work, version) = c.get_when_changed(&format!("/v1/nodes/{}/work", me.hex()), seen, wait)?;
+        let mut outcome = Next::Wait(version);
         for w in work.as_array().cloned().unwrap_or_default() {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -306,13 +331,14 @@ fn step(
                     // Often transient (an upstream result being recomputed): retry at the
                     // next poll while the ledger still lists the work; its deadline bounds this.
                     log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
+                    outcome = Next::Retry;
                     continue;
                 }
             }
             done.insert(key);
         }
+        Ok(outcome)
     }
-    Ok(())
 }
 
 /// Downloads, assembles and loads one task (hash-checked), for a committee
