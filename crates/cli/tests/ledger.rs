@@ -334,3 +334,58 @@ fn restarts_load_a_snapshot_and_a_damaged_snapshot_falls_back_to_the_log() {
     );
     assert_eq!(state(&l), before);
 }
+
+#[test]
+fn work_and_execution_reads_long_poll_until_the_state_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let l = start(d.path());
+    let node = keys::generate();
+    faucet(&l, &node, 5000);
+    let tx = SignedTx::sign(
+        &node,
+        nonce(&l, &node),
+        Instruction::RegisterNode {
+            vram: 1 << 30,
+            supports: vec![],
+        },
+    );
+    assert_eq!(send(&l, &tx).0, 200);
+    let path = format!("{}/v1/nodes/{}/work", l.url, node.pubkey().hex());
+    let version = |r: &reqwest::blocking::Response| -> u64 {
+        r.headers()["x-splitup-version"].to_str().unwrap().parse().unwrap()
+    };
+    let r = http().get(&path).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v0 = version(&r);
+    // A change 300 ms from now ends the wait, long before its 20 s limit.
+    let (url, key) = (l.url.clone(), node.clone());
+    let beat = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let n = http()
+            .get(format!("{url}/v1/accounts/{}", key.pubkey().hex()))
+            .send()
+            .unwrap()
+            .json::<Value>()
+            .unwrap()["nonce"]
+            .as_u64()
+            .unwrap();
+        let tx = SignedTx::sign(&key, n, Instruction::Heartbeat);
+        http().post(format!("{url}/v1/tx")).json(&tx).send().unwrap().status()
+    });
+    let t = std::time::Instant::now();
+    let r = http().get(format!("{path}?after={v0}&wait_ms=20000")).send().unwrap();
+    assert_eq!(beat.join().unwrap(), 200);
+    assert_eq!(r.status(), 200);
+    assert!(version(&r) > v0, "answered before the state changed");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "the wait did not end at the change"
+    );
+    // Without a change the answer comes at the limit, unchanged.
+    let v1 = version(&r);
+    let r = http().get(format!("{path}?after={v1}&wait_ms=300")).send().unwrap();
+    assert_eq!((r.status().as_u16(), version(&r)), (200, v1));
+    // Nonsense parameters are a 400.
+    let r = http().get(format!("{path}?after=soon")).send().unwrap();
+    assert_eq!(r.status(), 400);
+}
