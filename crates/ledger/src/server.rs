@@ -407,6 +407,7 @@ async fn get_status(State(s): State<Shared>) -> Response {
         "instructions": l.instructions,
         "blockhash": Pubkey(l.blockhash).hex(),
         "now_ms": core.last_now,
+        "slot": core.last_now / splitup_protocol::state::SLOT_MS,
         "accounts": l.accounts.len(),
         "nodes": l.nodes.len(),
         "models": l.models.len(),
@@ -416,6 +417,19 @@ async fn get_status(State(s): State<Shared>) -> Response {
         "store": s.blobs.url(),
     }))
     .into_response()
+}
+
+/// The slot clock: the block hash at the end of each recent slot that changed the state.
+async fn get_blockhashes(State(s): State<Shared>) -> Response {
+    let core = s.core.lock().unwrap();
+    let list: Vec<Value> = core
+        .ledger
+        .recent_blockhashes
+        .iter()
+        .rev()
+        .map(|(slot, h)| json!({ "slot": slot, "blockhash": Pubkey(*h).hex() }))
+        .collect();
+    Json(Value::Array(list)).into_response()
 }
 
 async fn get_genesis(State(s): State<Shared>) -> Response {
@@ -624,6 +638,7 @@ fn router(core: Core, blobs: Store) -> (Router, Shared) {
         .route("/v1/faucet", post(post_faucet).layer(DefaultBodyLimit::max(4096)))
         .route("/v1/status", get(get_status))
         .route("/v1/genesis", get(get_genesis))
+        .route("/v1/blockhashes", get(get_blockhashes))
         .route("/v1/accounts/{key}", get(get_account))
         .route("/v1/nodes", get(get_nodes))
         .route("/v1/nodes/{key}/work", get(get_work))

@@ -178,10 +178,19 @@ pub struct Ledger {
     /// The hash chain of the ledger (advanced by every accepted instruction
     /// and every tick): the recent block hash in VRF inputs.
     pub blockhash: [u8; 32],
+    /// The slot clock: (slot, block hash at the end of that slot so far) for
+    /// the most recent slots that changed the state, oldest first.
+    #[serde(default)]
+    pub recent_blockhashes: std::collections::VecDeque<(u64, [u8; 32])>,
     pub instructions: u64,
     #[serde(skip)]
     pub events: Vec<Event>,
 }
+
+/// Length of a slot of the ledger's clock.
+pub const SLOT_MS: Millis = 1000;
+/// Slots whose block hashes are kept (Solana keeps 150 recent blockhashes).
+pub const RECENT_BLOCKHASHES: usize = 150;
 
 const SNAPSHOT_TAG: &[u8] = b"splitup-ledger-snapshot-v1\0";
 
@@ -249,6 +258,7 @@ impl Ledger {
             next_model: 1,
             next_execution: 1,
             blockhash,
+            recent_blockhashes: Default::default(),
             instructions: 0,
             events: Vec::new(),
         })
@@ -295,6 +305,20 @@ impl Ledger {
             .task_timeout_min_ms
             .max(self.params.task_timeout_per_100cu_ms.saturating_mul(t.compute_units) / 100);
         base.saturating_mul(1u64 << failures.min(16))
+    }
+
+    /// Records the block hash as the latest of `now`'s slot.
+    fn record_slot(&mut self, now: Millis) {
+        let slot = now / SLOT_MS;
+        match self.recent_blockhashes.back_mut() {
+            Some((s, h)) if *s == slot => *h = self.blockhash,
+            _ => {
+                self.recent_blockhashes.push_back((slot, self.blockhash));
+                if self.recent_blockhashes.len() > RECENT_BLOCKHASHES {
+                    self.recent_blockhashes.pop_front();
+                }
+            }
+        }
     }
 
     fn advance_hash(&mut self, data: &[u8]) {
@@ -364,6 +388,7 @@ impl Ledger {
         self.instructions += 1;
         self.advance_hash(&nonce.to_le_bytes());
         self.advance_hash(&signer.0);
+        self.record_slot(now);
         Ok(())
     }
 
@@ -1511,6 +1536,7 @@ impl Ledger {
     /// every [`Ledger::poll_timeout`].
     pub fn tick(&mut self, now: Millis, beacon: &dyn Beacon) {
         self.advance_hash(&now.to_le_bytes());
+        self.record_slot(now);
         let silence = self
             .params
             .heartbeat_ms

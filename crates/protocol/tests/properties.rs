@@ -465,6 +465,14 @@ fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     replay
                 );
                 prop_assert!(w.ledger == after, "a replay changed the state");
+                // The slot clock: the newest recent block hash is the current one, in this slot.
+                let r = &w.ledger.recent_blockhashes;
+                prop_assert_eq!(
+                    r.back(),
+                    Some(&(w.now / splitup_protocol::state::SLOT_MS, w.ledger.blockhash))
+                );
+                prop_assert!(r.iter().zip(r.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+                prop_assert!(r.len() <= splitup_protocol::state::RECENT_BLOCKHASHES);
             }
             Err(e) => {
                 prop_assert!(e.code() >= 1 && e.code() <= 12);
@@ -481,6 +489,21 @@ fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Damaged or arbitrary snapshot bytes are an error, never a panic.
+    #[test]
+    fn restoring_hostile_snapshots_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        let _ = Ledger::restore(&bytes);
+        let mut s = World::new(80_000).ledger.snapshot();
+        for (i, x) in flips {
+            let i = i.index(s.len());
+            s[i] ^= x.max(1);
+        }
+        let _ = Ledger::restore(&s);
+    }
 
     #[test]
     fn invariants_hold_with_default_p(ops in proptest::collection::vec(op(), 1..60)) {
