@@ -58,7 +58,7 @@ enum Command {
     Deploy(DeployArgs),
     /// Submit an input to a deployed model; prints the execution id.
     Submit(SubmitArgs),
-    /// Show an execution: per task its state, node, attempts, challenge and outcome.
+    /// Show an execution (per task: state, node, attempts, timeouts, challenge and outcome), or the ledger and its recent executions.
     Status(StatusArgs),
     /// Download a completed execution's outputs as .npy files.
     Fetch(FetchArgs),
@@ -107,7 +107,8 @@ pub struct SubmitArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub ledger: LedgerUrl,
-    pub execution: u64,
+    /// The execution to show; without it, the ledger and its recent executions.
+    pub execution: Option<u64>,
 }
 
 #[derive(Args)]

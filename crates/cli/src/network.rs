@@ -190,11 +190,44 @@ fn acknowledge(c: &splitup_node::Client, key: &splitup_protocol::Keypair, id: u6
 
 pub fn status(a: StatusArgs) -> Result<i32> {
     let c = a.ledger.client()?;
-    let e = c.get(&format!("/v1/executions/{}", a.execution))?;
-    println!("execution {} of model {}: {}", a.execution, e["model"], e["status"]);
+    let Some(id) = a.execution else {
+        let s = c.get("/v1/status")?;
+        println!(
+            "ledger {}: slot {}, block hash {}, {} instructions; {} nodes, {} models, {} executions; blobs in {}",
+            c.base(),
+            s["slot"],
+            s["blockhash"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+            s["instructions"],
+            s["nodes"],
+            s["models"],
+            s["executions"],
+            s["store"].as_str().unwrap_or("?")
+        );
+        let list = c.get("/v1/executions?limit=20")?;
+        let list = list.as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            println!(
+                "{:>9} {:>6} {:>10} {:>9} {:<18}",
+                "execution", "model", "tasks done", "fetched", "status"
+            );
+        }
+        for e in list {
+            println!(
+                "{:>9} {:>6} {:>10} {:>9} {}",
+                e["id"],
+                e["model"],
+                format!("{}/{}", e["completed"], e["tasks"]),
+                e["fetched"],
+                e["status"]
+            );
+        }
+        return Ok(0);
+    };
+    let e = c.get(&format!("/v1/executions/{id}"))?;
+    println!("execution {id} of model {}: {}", e["model"], e["status"]);
     println!(
-        "{:>5} {:>11} {:<18} {:>8} {:>11} outcome",
-        "task", "state", "node", "attempts", "challenged"
+        "{:>5} {:>11} {:<18} {:>8} {:>8} {:>11} outcome",
+        "task", "state", "node", "attempts", "timeouts", "challenged"
     );
     for t in e["tasks"].as_array().cloned().unwrap_or_default() {
         let node = t["node"]
@@ -202,11 +235,12 @@ pub fn status(a: StatusArgs) -> Result<i32> {
             .map(|n| n[..16].to_string())
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:>5} {:>11} {:<18} {:>8} {:>11} {}",
+            "{:>5} {:>11} {:<18} {:>8} {:>8} {:>11} {}",
             t["task"],
             t["status"].as_str().unwrap_or("?"),
             node,
             t["attempts"],
+            t["timeouts"],
             t["challenged"],
             t["outcome"].as_str().unwrap_or("")
         );

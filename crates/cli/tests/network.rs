@@ -137,6 +137,24 @@ fn networked_run_equals_the_unsplit_run() {
         .output()
         .unwrap());
     assert!(status.contains("Completed"), "{status}");
+    // Without an id: the ledger and its executions (this one completed and fetched).
+    let overview = ok(bin()
+        .args(["status", "--ledger", &url])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    assert!(
+        overview.contains("slot") && overview.contains("1 executions"),
+        "{overview}"
+    );
+    let row = overview
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("{overview}"));
+    assert!(
+        row.contains(&format!("{tasks}/{tasks}")) && row.contains("true") && row.contains("Completed"),
+        "{row}"
+    );
     assert_eq!(
         status.lines().filter(|l| l.contains(" Completed ")).count(),
         tasks,

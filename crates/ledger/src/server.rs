@@ -539,6 +539,28 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
     versioned(&core, Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "input": Pubkey(e.input_commitment).hex(), "status": e.status, "escrow": e.escrow, "fetched": e.fetched, "tasks": tasks })).into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+/// The most recent executions, newest first (`?limit=N`, default 20, at most 1000).
+async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Response {
+    let core = s.core.lock().unwrap();
+    let list: Vec<Value> = core
+        .ledger
+        .executions
+        .iter()
+        .rev()
+        .take(q.limit.unwrap_or(20).min(1000))
+        .map(|(id, e)| {
+            let done = e.tasks.iter().filter(|r| r.status == TaskStatus::Completed).count();
+            json!({ "id": id, "model": e.model, "user": e.user.hex(), "status": e.status, "tasks": e.tasks.len(), "completed": done, "submitted_ms": e.submitted_at, "finished_ms": e.finished_at, "fetched": e.fetched })
+        })
+        .collect();
+    Json(Value::Array(list)).into_response()
+}
+
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, 101, "model ids are numbers");
@@ -644,6 +666,7 @@ fn router(core: Core, blobs: Store) -> (Router, Shared) {
         .route("/v1/nodes/{key}/work", get(get_work))
         .route("/v1/models", get(get_models))
         .route("/v1/disputes", get(get_disputes))
+        .route("/v1/executions", get(get_executions))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/models/{id}", get(get_model))
         .route(
