@@ -95,6 +95,23 @@ fn faucet(l: &Ledger, k: &Keypair, usdc: u64) {
     assert_eq!(s, 200, "{v}");
 }
 
+/// `n` acknowledged transfers of 1 USDC, each user to the next in a ring.
+fn transfer_ring(l: &Ledger, users: &[Keypair], n: usize) {
+    for i in 0..n {
+        let (from, to) = (&users[i % users.len()], &users[(i + 1) % users.len()]);
+        let tx = SignedTx::sign(
+            from,
+            nonce(l, from),
+            Instruction::Transfer {
+                to: to.pubkey(),
+                amount: USDC,
+            },
+        );
+        let (s, v) = send(l, &tx);
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
 #[test]
 fn bad_requests_get_clear_4xx_and_change_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -200,20 +217,7 @@ fn acknowledged_instructions_survive_kill_9_and_restart() {
         for (i, u) in users.iter().enumerate() {
             faucet(&l, u, 10 + i as u64);
         }
-        // A chain of acknowledged transfers.
-        for i in 0..6 {
-            let (from, to) = (&users[i % 4], &users[(i + 1) % 4]);
-            let tx = SignedTx::sign(
-                from,
-                nonce(&l, from),
-                Instruction::Transfer {
-                    to: to.pubkey(),
-                    amount: USDC,
-                },
-            );
-            let (s, v) = send(&l, &tx);
-            assert_eq!(s, 200, "{v}");
-        }
+        transfer_ring(&l, &users, 6);
         for u in &users {
             expected.push((balance(&l, u), nonce(&l, u)));
         }
@@ -284,18 +288,7 @@ fn restarts_load_a_snapshot_and_a_damaged_snapshot_falls_back_to_the_log() {
         for u in &users {
             faucet(&l, u, 100);
         }
-        for i in 0..7 {
-            let (from, to) = (&users[i % 3], &users[(i + 1) % 3]);
-            let tx = SignedTx::sign(
-                from,
-                nonce(&l, from),
-                Instruction::Transfer {
-                    to: to.pubkey(),
-                    amount: USDC,
-                },
-            );
-            assert_eq!(send(&l, &tx).0, 200);
-        }
+        transfer_ring(&l, &users, 7);
         // Idle: nothing is due, so no tick is applied or logged.
         let ticks = log_rows(d.path(), "tick");
         std::thread::sleep(std::time::Duration::from_millis(2500));

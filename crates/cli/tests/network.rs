@@ -126,7 +126,7 @@ fn networked_run_equals_the_unsplit_run() {
     let (_ledger, url) = start_ledger(dir);
     let (whole, tasks) = deploy_and_reference(dir, &url);
     let _nodes: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("node{i}"))).collect();
-    let out = submit_and_wait(dir, &url);
+    let out = submit_and_wait(dir, &url, &[]);
     assert!(out.contains("execution 1") && out.contains("logits.npy"), "{out}");
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     assert_eq!(net.shape, vec![1, 8, 2048]);
@@ -164,6 +164,13 @@ fn networked_run_equals_the_unsplit_run() {
 
 fn get(url: &str, path: &str) -> serde_json::Value {
     reqwest::blocking::get(format!("{url}{path}")).unwrap().json().unwrap()
+}
+
+/// What the ledger has slashed from a node so far (micro-USDC).
+fn slashed_total(url: &str, key: &str) -> u64 {
+    get(url, &format!("/v1/accounts/{key}"))["node"]["slashed_total"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 fn pubkey(dir: &Path, name: &str) -> String {
@@ -242,7 +249,7 @@ fn deploy_and_reference(dir: &Path, url: &str) -> (Tensor, usize) {
 }
 
 /// `splitup submit 1 --wait -o net`: returns its standard output.
-fn submit_and_wait(dir: &Path, url: &str) -> String {
+fn submit_and_wait(dir: &Path, url: &str, extra: &[&str]) -> String {
     ok(bin()
         .args([
             "submit",
@@ -259,9 +266,40 @@ fn submit_and_wait(dir: &Path, url: &str) -> String {
             "--timeout",
             "120",
         ])
+        .args(extra)
         .current_dir(dir)
         .output()
         .unwrap())
+}
+
+/// The blobs execution 1 owns (its input and every task's output), by hash.
+fn execution_blobs(url: &str) -> Vec<String> {
+    let e = get(url, "/v1/executions/1");
+    let mut out: Vec<String> = e["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| splitup_store::hash_of_uri(t["output_uris"][0].as_str().unwrap()).to_string())
+        .collect();
+    out.push(e["input"].as_str().unwrap().to_string());
+    out
+}
+
+/// The weight blobs of model 1, by hash.
+fn weight_blobs(url: &str) -> Vec<String> {
+    get(url, "/v1/models/1")["def"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            t["weight_hash"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| format!("{:02x}", b.as_u64().unwrap()))
+                .collect()
+        })
+        .collect()
 }
 
 fn submit(dir: &Path, url: &str) {
@@ -303,28 +341,17 @@ fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
     let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
     submit(dir, &url);
     let cheater = pubkey(dir, "cheater");
-    wait_for(60, "the cheater to be slashed", || {
-        get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-    });
+    wait_for(60, "the cheater to be slashed", || slashed_total(&url, &cheater) > 0);
     let _honest: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
     wait_for(120, "execution 1 to complete", || {
         get(&url, "/v1/executions/1")["status"] == "Completed"
     });
     fetch_and_compare(dir, &url, &reference);
-    let slashed = get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
-        .as_u64()
-        .unwrap();
+    let slashed = slashed_total(&url, &cheater);
     assert!(slashed >= 500_000_000, "slashed {slashed}");
     for i in 0..2 {
         let k = pubkey(dir, &format!("honest{i}"));
-        assert_eq!(
-            get(&url, &format!("/v1/accounts/{k}"))["node"]["slashed_total"],
-            0,
-            "an honest node was slashed"
-        );
+        assert_eq!(slashed_total(&url, &k), 0, "an honest node was slashed");
     }
     let e = get(&url, "/v1/executions/1");
     assert!(
@@ -365,12 +392,7 @@ fn an_honest_node_on_different_hardware_passes_challenges_within_tolerance() {
     let by_jitter = tasks.iter().filter(|t| t["node"] == jitter.as_str()).count();
     assert!(by_jitter >= 1, "the jittery node's results were not kept: {e}");
     for name in ["jitter", "honest"] {
-        let k = pubkey(dir, name);
-        assert_eq!(
-            get(&url, &format!("/v1/accounts/{k}"))["node"]["slashed_total"],
-            0,
-            "{name} was slashed"
-        );
+        assert_eq!(slashed_total(&url, &pubkey(dir, name)), 0, "{name} was slashed");
     }
 }
 
@@ -492,12 +514,7 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
             .unwrap());
     }
     let cheater = pubkey(dir, "cheater");
-    wait_for(120, "the cheater to be caught", || {
-        get(&url, &format!("/v1/accounts/{cheater}"))["node"]["slashed_total"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-    });
+    wait_for(120, "the cheater to be caught", || slashed_total(&url, &cheater) > 0);
     let _honest = start_node(dir, &url, "honest");
     let t = std::time::Instant::now();
     loop {
@@ -512,11 +529,7 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let h = pubkey(dir, "honest");
-    assert_eq!(
-        get(&url, &format!("/v1/accounts/{h}"))["node"]["slashed_total"],
-        0,
-        "the honest node lost stake"
-    );
+    assert_eq!(slashed_total(&url, &h), 0, "the honest node lost stake");
     let node = get(&url, &format!("/v1/accounts/{cheater}"))["node"].clone();
     assert!(
         node["stake"].as_u64().unwrap() < 1_900_000_000,
@@ -532,57 +545,24 @@ fn tensors_of_finished_executions_are_garbage_collected_after_the_retention_time
     let (reference, _) = deploy_and_reference(dir, &url);
     let _node = start_node(dir, &url, "node");
     // --keep: no acknowledgement, so only the retention time frees the tensors.
-    let out = ok(bin()
-        .args([
-            "submit",
-            "1",
-            "--ledger",
-            &url,
-            "--key",
-            "user.json",
-            "-i",
-            "input_ids=ids.npy",
-            "--wait",
-            "-o",
-            "net",
-            "--keep",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    assert!(out.contains("logits.npy"), "{out}");
+    let out = submit_and_wait(dir, &url, &["--keep"]);
+    assert!(out.contains("logits.npy") && !out.contains("acknowledged"), "{out}");
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     allclose(&net, &reference, Tolerance::PARTITION).unwrap();
-    let e = get(&url, "/v1/executions/1");
-    let outputs: Vec<String> = e["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["output_uris"][0].as_str().unwrap().to_string())
-        .collect();
-    let input = e["input"].as_str().unwrap().to_string();
-    let status = |u: &str| {
-        reqwest::blocking::get(if u.starts_with("http") {
-            u.to_string()
-        } else {
-            format!("{url}/v1/blobs/{u}")
-        })
-        .unwrap()
-        .status()
-        .as_u16()
+    let status = |h: &str| {
+        reqwest::blocking::get(format!("{url}/v1/blobs/{h}"))
+            .unwrap()
+            .status()
+            .as_u16()
     };
+    let tensors = execution_blobs(&url);
     wait_for(30, "the execution's tensors to be deleted", || {
-        outputs.iter().all(|u| status(u) == 404) && status(&input) == 404
+        tensors.iter().all(|h| status(h) == 404)
     });
     // The model's weights are not the execution's to delete.
-    let model = get(&url, "/v1/models/1");
-    let w = model["def"]["tasks"][0]["weight_hash"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| format!("{:02x}", b.as_u64().unwrap()))
-        .collect::<String>();
-    assert_eq!(status(&w), 200);
+    for w in weight_blobs(&url) {
+        assert_eq!(status(&w), 200);
+    }
 }
 
 #[test]
@@ -630,7 +610,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
         (w[i + 1].parse::<usize>().unwrap(), w[i + 3].parse::<usize>().unwrap())
     };
     assert!(loaded < total, "the node should not fit every task: {preload}");
-    let out = submit_and_wait(dir, &url);
+    let out = submit_and_wait(dir, &url, &[]);
     assert!(out.contains("logits.npy"), "{out}");
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     allclose(&net, &reference, Tolerance::PARTITION).unwrap();
@@ -754,24 +734,7 @@ fn with_storage_on_s3_the_run_is_correct_and_a_fetch_frees_the_tensors() {
     // One node reads and writes S3 directly, one through the ledger.
     let _direct = start_node_env(dir, &url, "direct", &["--store", store], &env);
     let _proxied = start_node(dir, &url, "proxied");
-    let out = ok(bin()
-        .args([
-            "submit",
-            "1",
-            "--ledger",
-            &url,
-            "--key",
-            "user.json",
-            "-i",
-            "input_ids=ids.npy",
-            "--wait",
-            "-o",
-            "net",
-            "--keep",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap());
+    let out = submit_and_wait(dir, &url, &["--keep"]);
     assert!(!out.contains("acknowledged"), "{out}");
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     allclose(&net, &reference, Tolerance::PARTITION).unwrap();
@@ -789,34 +752,15 @@ fn with_storage_on_s3_the_run_is_correct_and_a_fetch_frees_the_tensors() {
         Err(e) => panic!("{e}"),
     };
     let e = get(&url, "/v1/executions/1");
-    let mut tensors: Vec<String> = e["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let uri = t["output_uris"][0].as_str().unwrap();
-            assert!(uri.starts_with(store) || uri.starts_with(&url), "{uri}");
-            uri.rsplit('/').next().unwrap().to_string()
-        })
-        .collect();
-    tensors.push(e["input"].as_str().unwrap().to_string());
+    for t in e["tasks"].as_array().unwrap() {
+        let uri = t["output_uris"][0].as_str().unwrap();
+        assert!(uri.starts_with(store) || uri.starts_with(&url), "{uri}");
+    }
+    let tensors = execution_blobs(&url);
     for h in &tensors {
         assert_eq!(object(h), 200, "tensor {h} is not in the bucket");
     }
-    let model = get(&url, "/v1/models/1");
-    let weights: Vec<String> = model["def"]["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            t["weight_hash"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| format!("{:02x}", b.as_u64().unwrap()))
-                .collect()
-        })
-        .collect();
+    let weights = weight_blobs(&url);
     for w in &weights {
         assert_eq!(object(w), 200, "weights {w} are not in the bucket");
     }

@@ -132,6 +132,19 @@ impl World {
         user
     }
 
+    /// `user` submits an execution of model 1.
+    fn submit_execution(&mut self, user: &Keypair) {
+        self.send(
+            user,
+            Instruction::SubmitExecution {
+                model: 1,
+                priority: 0,
+                input_commitment: [0; 32],
+            },
+        )
+        .unwrap();
+    }
+
     fn key_of(&self, p: &Pubkey) -> Option<Keypair> {
         self.actors
             .iter()
@@ -521,15 +534,7 @@ proptest! {
 fn a_cheater_is_slashed_and_the_task_recomputed() {
     let mut w = World::new(1_000_000);
     let user = w.fund_nodes(1..4);
-    w.send(
-        &user,
-        Instruction::SubmitExecution {
-            model: 1,
-            priority: 0,
-            input_commitment: [0; 32],
-        },
-    )
-    .unwrap();
+    w.submit_execution(&user);
     let cheater = w.ledger.executions[&1].tasks[0].node.unwrap();
     let ck = w.key_of(&cheater).unwrap();
     w.send(
@@ -587,15 +592,7 @@ fn draws_are_verifiable_by_anyone() {
     let mut w = World::new(80_000);
     let user = w.fund_nodes(1..2);
     let k = w.actors[1].clone();
-    w.send(
-        &user,
-        Instruction::SubmitExecution {
-            model: 1,
-            priority: 0,
-            input_commitment: [0; 32],
-        },
-    )
-    .unwrap();
+    w.submit_execution(&user);
     let hash_before = w.ledger.blockhash;
     w.send(
         &k,
@@ -622,15 +619,7 @@ fn draws_are_verifiable_by_anyone() {
 fn a_leaving_node_hands_back_its_work_at_once() {
     let mut w = World::new(80_000);
     let user = w.fund_nodes(1..3);
-    w.send(
-        &user,
-        Instruction::SubmitExecution {
-            model: 1,
-            priority: 0,
-            input_commitment: [0; 32],
-        },
-    )
-    .unwrap();
+    w.submit_execution(&user);
     let first = w.ledger.executions[&1].tasks[0].node.unwrap();
     let deadline = w.ledger.executions[&1].tasks[0].deadline;
     let fk = w.key_of(&first).unwrap();
@@ -662,15 +651,7 @@ fn a_leaving_node_hands_back_its_work_at_once() {
 fn only_the_user_acknowledges_a_finished_execution() {
     let mut w = World::new(80_000);
     let user = w.fund_nodes(1..3);
-    w.send(
-        &user,
-        Instruction::SubmitExecution {
-            model: 1,
-            priority: 0,
-            input_commitment: [0; 32],
-        },
-    )
-    .unwrap();
+    w.submit_execution(&user);
     assert!(matches!(
         w.send(&user, Instruction::Fetched { execution: 1 }),
         Err(ProtocolError::Invalid(_))
