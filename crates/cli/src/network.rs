@@ -345,7 +345,8 @@ fn committee(url: String, data: std::path::PathBuf) {
                     }
                 }
             }
-            let honest = match splitup_node::daemon::recompute(&c, rt.as_ref().unwrap(), m, e, t) {
+            let claimed = d["commitment"].as_str().unwrap_or_default();
+            let honest = match splitup_node::daemon::recompute(&c, rt.as_ref().unwrap(), m, e, t, claimed) {
                 Ok(verdict) => {
                     if let Err(why) = &verdict {
                         eprintln!("committee: execution {e} task {t}: the asserter's result disagrees: {why:#}");

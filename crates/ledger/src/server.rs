@@ -598,7 +598,11 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
                 TaskStatus::Challenged if r.validator == Some(k) && r.validator_commitment.is_none() => "validate",
                 _ => continue,
             };
-            work.push(json!({ "execution": id, "model": e.model, "task": i + 1, "kind": kind, "attempt": r.attempts, "deadline_ms": r.deadline }));
+            // A validator is told which committed result it checks.
+            let commitment = (kind == "validate")
+                .then(|| r.commitment.map(|c| Pubkey(c).hex()))
+                .flatten();
+            work.push(json!({ "execution": id, "model": e.model, "task": i + 1, "kind": kind, "attempt": r.attempts, "deadline_ms": r.deadline, "commitment": commitment }));
         }
     }
     versioned(&core, Json(Value::Array(work)).into_response())

@@ -293,7 +293,8 @@ fn step(
                     let ix = if kind == "validate" {
                         // Agree with the checked result when it is within the
                         // cross-GPU tolerance of ours; otherwise assert ours.
-                        let commitment = match checked_agrees(c, e, t, &outputs) {
+                        let claimed = w["commitment"].as_str().unwrap_or_default();
+                        let commitment = match agrees(c, claimed, &outputs) {
                             Ok(claimed) => {
                                 if claimed != commitment {
                                     log(format!(
@@ -353,27 +354,30 @@ pub fn load_task(c: &Client, rt: &dyn Runtime, def: &ModelDef, task: u32) -> Res
 }
 
 /// The committee's check of a disputed task: re-executes it and says
-/// whether the asserter's committed outputs agree with the recomputation
-/// within the cross-GPU tolerance (`Ok(())`), or why not.
-pub fn recompute(c: &Client, rt: &dyn Runtime, model: u64, execution: u64, task: u32) -> Result<Result<()>> {
+/// whether the asserter's committed outputs (`claimed`, hex) agree with the
+/// recomputation within the cross-GPU tolerance (`Ok(())`), or why not.
+pub fn recompute(
+    c: &Client,
+    rt: &dyn Runtime,
+    model: u64,
+    execution: u64,
+    task: u32,
+    claimed: &str,
+) -> Result<Result<()>> {
     let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{model}"))?["def"].clone())?;
     let session = load_task(c, rt, &def, task)?;
     let mut l = Loaded { session, def };
     let (outputs, _, _) = execute(c, &mut l, execution, task, Fault::None)?;
-    Ok(checked_agrees(c, execution, task, &outputs).map(|_| ()))
+    Ok(agrees(c, claimed, &outputs).map(|_| ()))
 }
 
-/// Whether the result committed for (execution, task) agrees with `mine`
-/// (the same tensor names, each within [`splitup_tensor::agree`]); returns
-/// that commitment if so. The committed blob is fetched by its hash, so a
-/// result whose bytes are missing or do not match its commitment disagrees.
-fn checked_agrees(c: &Client, execution: u64, task: u32, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
-    let ex = c.get(&format!("/v1/executions/{execution}"))?;
-    let claimed = ex["tasks"][task as usize - 1]["commitment"]
-        .as_str()
-        .context("no committed result to check")?
-        .to_string();
-    let bytes = c.get_blob(&claimed).context("the committed outputs cannot be read")?;
+/// Whether the committed result `claimed` (hex) agrees with `mine` (the
+/// same tensor names, each within [`splitup_tensor::agree`]); returns that
+/// commitment if so. The committed blob is fetched by its hash, so a result
+/// whose bytes are missing or do not match its commitment disagrees.
+fn agrees(c: &Client, claimed: &str, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
+    let commitment = unhex32(claimed).context("no committed result to check")?;
+    let bytes = c.get_blob(claimed).context("the committed outputs cannot be read")?;
     let theirs = splitup_tensor::st::decode(&bytes).context("the committed outputs are not safetensors")?;
     if theirs.len() != mine.len() {
         bail!("{} outputs committed, {} computed", theirs.len(), mine.len());
@@ -384,7 +388,7 @@ fn checked_agrees(c: &Client, execution: u64, task: u32, mine: &BTreeMap<String,
             .with_context(|| format!("the committed outputs lack {name:?}"))?;
         splitup_tensor::agree(other, t).with_context(|| format!("output {name:?}"))?;
     }
-    unhex32(&claimed).context("a commitment is 32 bytes")
+    Ok(commitment)
 }
 
 /// Test-only misbehaviour of a node.
