@@ -89,8 +89,9 @@ fn retry() -> RetryConfig {
     }
 }
 
-/// A whole blob moves within one request: allow a large one time. (Set
-/// over the environment's configuration, which `from_env` reads first.)
+/// A whole blob moves within one request: allow a large one time. (For S3
+/// and GCS, set over the environment's configuration, which `from_env`
+/// reads first; options given to `open_with` override them.)
 const TIMEOUT: &str = "600s";
 const CONNECT_TIMEOUT: &str = "10s";
 
@@ -148,8 +149,8 @@ impl Store {
             }
             "http" | "https" => {
                 let mut o = ClientOptions::new()
-                    .with_timeout(Duration::from_secs(600))
-                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_config(ClientConfigKey::Timeout, TIMEOUT)
+                    .with_config(ClientConfigKey::ConnectTimeout, CONNECT_TIMEOUT)
                     .with_allow_http(true);
                 for (k, v) in options {
                     let key: ClientConfigKey = k.parse().map_err(|_| bad(format!("unknown HTTP option {k:?}")))?;
@@ -257,16 +258,6 @@ impl Store {
             Err(e) => Err(self.backend(e)),
         }
     }
-
-    /// Whether a blob is present (without reading it).
-    pub async fn contains(&self, hash: &str) -> Result<bool, StoreError> {
-        let path = self.path(hash)?;
-        match self.inner.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.backend(e)),
-        }
-    }
 }
 
 /// A [`Store`] for synchronous callers (node daemons, the command line): it
@@ -309,10 +300,6 @@ impl BlockingStore {
     pub fn get(&self, hash: &str) -> Result<Bytes, StoreError> {
         self.rt.block_on(self.store.get(hash))
     }
-
-    pub fn contains(&self, hash: &str) -> Result<bool, StoreError> {
-        self.rt.block_on(self.store.contains(hash))
-    }
 }
 
 #[cfg(test)]
@@ -326,7 +313,6 @@ mod tests {
         let h = s.put(b"weights".to_vec()).unwrap();
         assert_eq!(h, hash_of(b"weights"));
         assert_eq!(&s.get(&h).unwrap()[..], b"weights");
-        assert!(s.contains(&h).unwrap());
         assert_eq!(s.store().uri(&h), format!("file://{}/{h}", d.path().display()));
         let rt = &s.rt;
         assert!(matches!(
@@ -340,7 +326,7 @@ mod tests {
         std::fs::write(d.path().join(&h), b"rotten").unwrap();
         assert!(matches!(s.get(&h), Err(StoreError::Mismatch { .. })));
         rt.block_on(s.store().remove(&h)).unwrap();
-        assert!(!s.contains(&h).unwrap());
+        assert!(matches!(s.get(&h), Err(StoreError::Missing(_))));
         rt.block_on(s.store().remove(&h)).unwrap();
     }
 
