@@ -91,16 +91,7 @@ fn main() {
         .unwrap()
         .to_string();
     let c = Client::new(&url).unwrap();
-    let cfg = TransformerConfig {
-        layers: 8,
-        hidden: 256,
-        heads: 8,
-        kv_heads: 4,
-        ffn: 688,
-        vocab: 8192,
-        max_seq: 128,
-        ..TransformerConfig::tiny()
-    };
+    let cfg = TransformerConfig::bench();
     let g = transformer(&cfg).unwrap();
     let mut b = Bindings::default();
     b.dims.insert("batch".into(), 1);

@@ -302,7 +302,8 @@ fn weight_blobs(url: &str) -> Vec<String> {
         .collect()
 }
 
-fn submit(dir: &Path, url: &str) {
+/// `splitup submit 1` without waiting; returns the execution id it printed.
+fn submit(dir: &Path, url: &str) -> u64 {
     let out = ok(bin()
         .args([
             "submit",
@@ -317,7 +318,10 @@ fn submit(dir: &Path, url: &str) {
         .current_dir(dir)
         .output()
         .unwrap());
-    assert!(out.contains("execution 1"), "{out}");
+    out.trim()
+        .strip_prefix("execution ")
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no execution id in {out:?}"))
 }
 
 fn fetch_and_compare(dir: &Path, url: &str, reference: &Tensor) {
@@ -339,7 +343,7 @@ fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
     let (reference, _) = deploy_and_reference(dir, &url);
     // The cheater is alone when the execution starts, so it takes task 1.
     let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
-    submit(dir, &url);
+    assert_eq!(submit(dir, &url), 1);
     let cheater = pubkey(dir, "cheater");
     wait_for(60, "the cheater to be slashed", || slashed_total(&url, &cheater) > 0);
     let _honest: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
@@ -374,7 +378,7 @@ fn an_honest_node_on_different_hardware_passes_challenges_within_tolerance() {
     // (1 ± 1e-6), so its commitments never equal a recomputation's: only a
     // numerical comparison (committee, then a validator) can find it honest.
     let _jitter = start_node_with(dir, &url, "jitter", &["--jitter"]);
-    submit(dir, &url);
+    assert_eq!(submit(dir, &url), 1);
     let jitter = pubkey(dir, "jitter");
     wait_for(60, "the jittery node's first result to be judged", || {
         get(&url, "/v1/executions/1")["tasks"][0]["status"] != "Assigned"
@@ -403,7 +407,7 @@ fn a_killed_node_loses_its_task_to_another_and_is_marked_unresponsive() {
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
     let (reference, _) = deploy_and_reference(dir, &url);
     let mut stuck = start_node_with(dir, &url, "stuck", &["--delay-ms", "600000"]);
-    submit(dir, &url);
+    assert_eq!(submit(dir, &url), 1);
     let k = pubkey(dir, "stuck");
     wait_for(30, "task 1 to be assigned to the node", || {
         get(&url, "/v1/executions/1")["tasks"][0]["node"].as_str() == Some(k.as_str())
@@ -432,7 +436,7 @@ fn a_ledger_killed_mid_execution_restarts_and_the_execution_completes() {
     let listen = url.trim_start_matches("http://").to_string();
     let (reference, _) = deploy_and_reference(dir, &url);
     let _node = start_node_with(dir, &url, "node", &["--delay-ms", "700"]);
-    submit(dir, &url);
+    assert_eq!(submit(dir, &url), 1);
     wait_for(60, "a first task to complete", || {
         get(&url, "/v1/executions/1")["tasks"][0]["status"] == "Completed"
     });
@@ -497,21 +501,8 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
     let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
     // 15 executions of 8 tasks, all on the cheater at first: the chance that
     // none of its ~120 results is drawn for a challenge is 0.92^120 ≈ 5e-5.
-    for _ in 0..15 {
-        ok(bin()
-            .args([
-                "submit",
-                "1",
-                "--ledger",
-                &url,
-                "--key",
-                "user.json",
-                "-i",
-                "input_ids=ids.npy",
-            ])
-            .current_dir(dir)
-            .output()
-            .unwrap());
+    for i in 1..=15 {
+        assert_eq!(submit(dir, &url), i);
     }
     let cheater = pubkey(dir, "cheater");
     wait_for(120, "the cheater to be caught", || slashed_total(&url, &cheater) > 0);
@@ -631,21 +622,7 @@ fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest
     let mut slow = start_node_with(dir, &url, "slow", &["--delay-ms", "3000"]);
     let slow_key = pubkey(dir, "slow");
     for i in 1..=3 {
-        let out = ok(bin()
-            .args([
-                "submit",
-                "1",
-                "--ledger",
-                &url,
-                "--key",
-                "user.json",
-                "-i",
-                "input_ids=ids.npy",
-            ])
-            .current_dir(dir)
-            .output()
-            .unwrap());
-        assert!(out.contains(&format!("execution {i}")), "{out}");
+        assert_eq!(submit(dir, &url), i);
     }
     wait_for(30, "the slow node to hold three assignments", || {
         get(&url, &format!("/v1/nodes/{slow_key}/work"))

@@ -27,16 +27,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run one round then.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let c = TransformerConfig {
-        layers: 8,
-        hidden: 256,
-        heads: 8,
-        kv_heads: 4,
-        ffn: 688,
-        vocab: 8192,
-        max_seq: 128,
-        ..TransformerConfig::tiny()
-    };
+    let c = TransformerConfig::bench();
     let g = transformer(&c).unwrap();
     let mut b = Bindings::default();
     b.dims.insert("batch".into(), 1);

@@ -223,6 +223,21 @@ impl TransformerConfig {
         }
     }
 
+    /// The model the split-latency and network benchmarks measure: 8 layers,
+    /// hidden 256, 8 query / 4 KV heads, FFN 688, vocabulary 8192, up to 128
+    /// positions (about 25 MB of f32 weights; one run takes milliseconds).
+    pub fn bench() -> TransformerConfig {
+        TransformerConfig {
+            hidden: 256,
+            heads: 8,
+            kv_heads: 4,
+            ffn: 688,
+            vocab: 8192,
+            max_seq: 128,
+            ..TransformerConfig::tiny()
+        }
+    }
+
     /// LLaMA-3-70B shapes: 80 layers, hidden 8192, 64 query / 8 KV heads,
     /// FFN 28672, vocabulary 128256, bf16, weights by shape only.
     pub fn llama_70b() -> TransformerConfig {

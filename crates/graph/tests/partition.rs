@@ -88,6 +88,17 @@ fn missing_dims_are_named() {
     assert!(err.to_string().contains("--dim batch=N"), "{err}");
 }
 
+fn assert_each_task_fits_its_node(p: &splitup_graph::partition::Partition, caps: &[u64]) {
+    for t in &p.tasks {
+        assert!(
+            t.vram_bytes <= caps[t.placement],
+            "task of {} on node of {}",
+            t.vram_bytes,
+            caps[t.placement]
+        );
+    }
+}
+
 #[test]
 fn heterogeneous_capacities_are_honoured() {
     let g = transformer(&TransformerConfig::tiny()).unwrap();
@@ -99,14 +110,7 @@ fn heterogeneous_capacities_are_honoured() {
         vertical_split: true,
     };
     let p = partition(&g, &bindings(1, 8), &opts).unwrap();
-    for t in &p.tasks {
-        assert!(
-            t.vram_bytes <= caps[t.placement],
-            "task of {} on node of {}",
-            t.vram_bytes,
-            caps[t.placement]
-        );
-    }
+    assert_each_task_fits_its_node(&p, &caps);
     let mut used: Vec<usize> = p.tasks.iter().map(|t| t.placement).collect();
     used.dedup();
     assert_eq!(used.len(), p.tasks.len(), "one task per node when the nodes suffice");
@@ -125,14 +129,7 @@ fn fewer_nodes_than_tasks_share_nodes_and_every_task_fits_its_node() {
     };
     let p = partition(&g, &bindings(1, 8), &opts).unwrap();
     assert!(p.tasks.len() > caps.len(), "{} tasks", p.tasks.len());
-    for t in &p.tasks {
-        assert!(
-            t.vram_bytes <= caps[t.placement],
-            "task of {} on node of {}",
-            t.vram_bytes,
-            caps[t.placement]
-        );
-    }
+    assert_each_task_fits_its_node(&p, &caps);
     let covered: usize = p.tasks.iter().map(|t| t.end - t.start).sum();
     assert_eq!(covered, p.graph.nodes.len());
 }
