@@ -63,10 +63,56 @@ pub fn load_model(a: &ModelArgs) -> Result<(Graph, Bindings)> {
     let mut b = Bindings::default();
     b.dims.extend(a.dims.iter().cloned());
     b.shapes.extend(a.shapes.iter().cloned());
-    // Generated models declare batch and seq; default them so `@llama-70b` just works.
-    if a.model.starts_with('@') {
+    // Generated models declare batch and seq; default them so `@tiny` and
+    // `@llama-70b` just work (seq within the model's own maximum).
+    if let Some(max_seq) = match a.model.as_str() {
+        "@tiny" => Some(TransformerConfig::tiny().max_seq),
+        "@llama-70b" => Some(TransformerConfig::llama_70b().max_seq),
+        _ => None,
+    } {
         b.dims.entry("batch".into()).or_insert(1);
-        b.dims.entry("seq".into()).or_insert(128);
+        b.dims.entry("seq".into()).or_insert(128.min(max_seq));
+    }
+    let symbolic = g.symbolic_dims();
+    for name in b.dims.keys() {
+        if !symbolic.contains(name) {
+            let have = if symbolic.is_empty() {
+                "it has none (every input shape is fixed)".to_string()
+            } else {
+                format!(
+                    "its symbolic dims are: {}",
+                    symbolic.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            bail!("--dim {name}: the model has no symbolic dimension {name:?}; {have}");
+        }
+    }
+    for (name, vals) in &a.values {
+        let Some((_, vt)) = g.inputs.iter().find(|(n, _)| n == name) else {
+            bail!(
+                "--value {name}: the model has no input {name:?} (inputs: {})",
+                g.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        };
+        let rank = vt.dims.as_ref().map(|d| d.len());
+        let shape = match (rank, vals.len()) {
+            (Some(0), 1) => vec![],
+            (Some(1) | None, n) => vec![n],
+            (r, n) => bail!("--value {name}: the input has rank {r:?}; --value gives scalars (rank 0) and vectors (rank 1), here {n} values"),
+        };
+        let t = splitup_tensor::Tensor::from_f64_as(vt.dtype, shape, vals)
+            .map_err(|e| anyhow::anyhow!("--value {name}: {e}"))?;
+        b.values.insert(name.clone(), t);
+    }
+    // ONNX Runtime folds constants and answers for ops without a shape rule;
+    // without it, inference uses its rules alone (enough for generated models).
+    if !a.model.starts_with('@') {
+        match splitup_exec::OrtEval::evaluator() {
+            Ok(e) => b.eval = e,
+            Err(e) => {
+                eprintln!("note: shape inference uses its built-in rules only ({e}); real models may need ONNX Runtime")
+            }
+        }
     }
     for name in b.shapes.keys() {
         if !g.inputs.iter().any(|(n, _)| n == name) {
@@ -181,11 +227,16 @@ pub fn partition(a: PartitionArgs) -> Result<i32> {
     let p = match p {
         Ok(p) => p,
         Err(e) => {
-            let floor = partition::activation_floor(&g, &b, opts.overhead_pct).ok();
+            let floor = partition::smallest_budget(&g, &b, &opts).ok().flatten();
             let hint = floor
                 .map(|f| {
                     format!(
-                        "\nthe smallest budget any plan of this model can have is {} ({f} bytes)",
+                        "\nthe smallest budget that partitions this model{} is {} ({f} bytes)",
+                        if opts.vertical_split {
+                            ""
+                        } else {
+                            " without vertical splits"
+                        },
                         human(f)
                     )
                 })

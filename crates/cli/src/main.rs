@@ -292,6 +292,11 @@ pub struct ModelArgs {
     /// Fix the whole shape of an input whose dims are unnamed, e.g. --shape images=1,3,224,224.
     #[arg(long = "shape", value_name = "INPUT=D0,D1,...", value_parser = util::parse_shape)]
     pub shapes: Vec<(String, Vec<usize>)>,
+    /// Freeze a scalar or vector input to a value, e.g. --value sr=16000: it becomes a
+    /// constant of the plan (no longer an input), so branches on it fold away and
+    /// the model splits finer. Every execution of the plan then uses that value.
+    #[arg(long = "value", value_name = "INPUT=V[,V...]", value_parser = util::parse_value)]
+    pub values: Vec<(String, Vec<f64>)>,
     /// Replace weights stored as ConstantOfShape (as in ONNX's light/ test models) with seeded random ones.
     #[arg(long, value_name = "SEED")]
     pub randomize_weights: Option<u64>,
@@ -305,7 +310,9 @@ pub struct PartitionArgs {
     #[arg(long, value_name = "SIZE", value_parser = util::parse_size, required_unless_present = "nodes")]
     pub vram: Option<u64>,
     /// Memory of each node of a heterogeneous pool, in pipeline order, e.g. 4GiB,8GiB,8GiB.
-    #[arg(long, value_name = "SIZES", value_parser = util::parse_sizes, conflicts_with = "vram")]
+    /// With as many nodes as tasks, the plan is a pipeline (one task per node, in
+    /// this order); with fewer, tasks share the smallest node each fits.
+    #[arg(long, value_name = "SIZES", value_parser = util::parse_size, value_delimiter = ',', num_args = 1.., conflicts_with = "vram")]
     pub nodes: Option<Vec<u64>>,
     /// Runtime overhead added to weights + activations, in percent.
     #[arg(long, default_value_t = 10, value_name = "PCT")]

@@ -38,8 +38,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-pub fn parse_sizes(s: &str) -> Result<Vec<u64>, String> {
-    s.split(',').map(parse_size).collect()
+/// `NAME=V[,V...]`: the value of an input to freeze (converted to the
+/// input's declared type once the model is loaded).
+pub fn parse_value(s: &str) -> Result<(String, Vec<f64>), String> {
+    let (name, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected INPUT=V[,V...], got {s:?}"))?;
+    if name.is_empty() {
+        return Err(format!("expected INPUT=V[,V...], got {s:?}"));
+    }
+    let vals = v
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|_| format!("{x:?} is not a number")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name.to_string(), vals))
 }
 
 pub fn human(bytes: u64) -> String {
@@ -166,7 +178,8 @@ mod tests {
         assert!(parse_size("12 parsecs").unwrap_err().contains("unknown size unit"));
         assert!(parse_size("0").is_err());
         assert!(parse_size("-1GiB").is_err());
-        assert_eq!(parse_sizes("4GiB,8GiB"), Ok(vec![4 << 30, 8 << 30]));
+        assert_eq!(parse_value("sr=16000"), Ok(("sr".into(), vec![16000.0])));
+        assert!(parse_value("sr=abc").is_err());
     }
 
     #[test]

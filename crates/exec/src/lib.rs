@@ -3,9 +3,11 @@
 //!
 //! This is the only crate that touches an ML engine.
 
+pub mod eval;
 mod ort_backend;
 pub mod runner;
 
+pub use eval::OrtEval;
 pub use ort_backend::{find_onnxruntime, OrtRuntime, ORT_PIP_SPEC};
 use splitup_tensor::Tensor;
 

@@ -2,17 +2,20 @@
 //!
 //! A task must be a pure, terminating, deterministic function of tensors, so
 //! that any node re-executing it (Proof of Sampling) gets the same answer.
-//! Hence: only the default ONNX domain, no control flow (`If`, `Loop`,
-//! `Scan`: unbounded or data-dependent work), no sequences, maps or optionals,
-//! no strings, no random-number ops, no training ops, no model-local
-//! functions. Everything is rejected by name.
+//! Hence: the default ONNX domain and the pure tensor ops of `ai.onnx.ml`;
+//! control flow (`If`, `Loop`, `Scan`) only as atomic nodes whose subgraphs
+//! pass the same checks recursively (`Loop` trip counts are bounded at shape
+//! inference); no sequences, maps or optionals, no strings, no random-number
+//! ops, no training ops, no model-local functions, and no tensor anywhere in
+//! a node (attribute tensors included) that points at external data.
+//! Everything is rejected by name.
 
 use crate::model::node_label;
-use crate::onnx::{NodeProto, OperatorSetIdProto};
+use crate::onnx::{GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NotAllowed {
-    #[error("op {domain}::{op} (node {node:?}) is in domain {domain:?}; only the default ONNX domain is allowed (custom and vendor ops are not portable or verifiable)")]
+    #[error("op {domain}::{op} (node {node:?}) is in domain {domain:?}; only the default ONNX domain and the tensor ops of ai.onnx.ml are allowed (custom and vendor ops are not portable or verifiable)")]
     Domain { domain: String, op: String, node: String },
     #[error("op {op} (node {node:?}) is not allowed: {why}")]
     Op {
@@ -22,24 +25,21 @@ pub enum NotAllowed {
     },
     #[error("op {op} (node {node:?}) is not in SplitUp's allow-list of tensor ops")]
     Unknown { op: String, node: String },
-    #[error("the model imports opset domain {0:?}; only the default ONNX domain is allowed")]
-    OpsetDomain(String),
     #[error("model-local functions are not allowed (inline them first)")]
     Functions,
+    #[error("node {node:?} ({op}): attribute {attr:?} holds a tensor stored as external data; tensors inside nodes must be embedded (external data is only read for a model's initializers, from the model's own directory)")]
+    ExternalAttribute { node: String, op: String, attr: String },
 }
 
 /// Why a known ONNX op is refused, or `None` when it is allowed.
 fn refusal(op: &str) -> Option<&'static str> {
     Some(match op {
-        "If" | "Loop" | "Scan" => {
-            "control flow (its work depends on the data, so it has no fixed cost and may not terminate)"
-        }
         "SequenceAt" | "SequenceConstruct" | "SequenceEmpty" | "SequenceErase" | "SequenceInsert"
         | "SequenceLength" | "SequenceMap" | "SplitToSequence" | "ConcatFromSequence" => {
             "sequence values are not tensors"
         }
         "Optional" | "OptionalGetElement" | "OptionalHasElement" => "optional values are not tensors",
-        "StringNormalizer" | "StringConcat" | "StringSplit" | "RegexFullMatch" | "TfIdfVectorizer" | "LabelEncoder" => {
+        "StringNormalizer" | "StringConcat" | "StringSplit" | "RegexFullMatch" | "TfIdfVectorizer" => {
             "string ops are not tensor computation"
         }
         "RandomNormal" | "RandomNormalLike" | "RandomUniform" | "RandomUniformLike" | "Bernoulli" | "Multinomial" => {
@@ -50,6 +50,43 @@ fn refusal(op: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Why an `ai.onnx.ml` op is refused, or `None` when it is allowed.
+fn ml_refusal(n: &NodeProto) -> Option<&'static str> {
+    let has = |name: &str| n.attribute.iter().any(|a| a.name == name);
+    Some(match n.op_type.as_str() {
+        "ZipMap" => "ZipMap outputs a sequence of maps, not a tensor; convert the model without it (skl2onnx: options={'zipmap': False}) and read the probabilities tensor",
+        "DictVectorizer" | "CastMap" => "map values are not tensors",
+        "CategoryMapper" => "string ops are not tensor computation",
+        "LinearClassifier" | "SVMClassifier" | "TreeEnsembleClassifier" if has("classlabels_strings") => {
+            "string class labels are not tensors; train with integer labels (or map them after the model)"
+        }
+        "LabelEncoder" if has("keys_strings") || has("values_strings") => {
+            "LabelEncoder is allowed on numeric tensors only, not on strings"
+        }
+        "OneHotEncoder" if has("cats_strings") => "OneHotEncoder is allowed on numeric categories only, not on strings",
+        _ => return None,
+    })
+}
+
+/// The `ai.onnx.ml` ops SplitUp accepts: pure tensor-to-tensor functions.
+pub const ALLOWED_ML_OPS: &[&str] = &[
+    "ArrayFeatureExtractor",
+    "Binarizer",
+    "FeatureVectorizer",
+    "Imputer",
+    "LabelEncoder",
+    "LinearClassifier",
+    "LinearRegressor",
+    "Normalizer",
+    "OneHotEncoder",
+    "SVMClassifier",
+    "SVMRegressor",
+    "Scaler",
+    "TreeEnsemble",
+    "TreeEnsembleClassifier",
+    "TreeEnsembleRegressor",
+];
 
 /// The default-domain ONNX ops SplitUp accepts (tensor in, tensor out).
 pub const ALLOWED_OPS: &[&str] = &[
@@ -129,6 +166,7 @@ pub const ALLOWED_OPS: &[&str] = &[
     "HardSwish",
     "Hardmax",
     "Identity",
+    "If",
     "InstanceNormalization",
     "IsInf",
     "IsNaN",
@@ -138,6 +176,7 @@ pub const ALLOWED_OPS: &[&str] = &[
     "LeakyRelu",
     "Less",
     "LessOrEqual",
+    "Loop",
     "Log",
     "LogSoftmax",
     "LpNormalization",
@@ -190,6 +229,7 @@ pub const ALLOWED_OPS: &[&str] = &[
     "RotaryEmbedding",
     "Round",
     "STFT",
+    "Scan",
     "Scatter",
     "ScatterElements",
     "ScatterND",
@@ -233,41 +273,89 @@ fn is_default_domain(d: &str) -> bool {
     d.is_empty() || d == "ai.onnx"
 }
 
-pub fn check_opsets(opsets: &[OperatorSetIdProto]) -> Result<(), NotAllowed> {
-    match opsets.iter().find(|o| !is_default_domain(&o.domain)) {
-        Some(o) => Err(NotAllowed::OpsetDomain(o.domain.clone())),
-        None => Ok(()),
-    }
+pub const ML_DOMAIN: &str = "ai.onnx.ml";
+
+/// True when a tensor proto's bytes live outside the model file.
+pub fn is_external(t: &TensorProto) -> bool {
+    t.data_location == 1 || !t.external_data.is_empty()
 }
 
-pub fn check_node(n: &NodeProto, _opsets: &[OperatorSetIdProto]) -> Result<(), NotAllowed> {
+/// Checks one node, and every node of its subgraphs, against the allow-list.
+/// Opset imports are not checked: an import that no node uses is harmless,
+/// and a node of a vendor domain is refused by its own name.
+pub fn check_node(n: &NodeProto, opsets: &[OperatorSetIdProto]) -> Result<(), NotAllowed> {
     let node = node_label(n);
-    if !is_default_domain(&n.domain) {
+    if n.domain == ML_DOMAIN {
+        if let Some(why) = ml_refusal(n) {
+            return Err(NotAllowed::Op {
+                op: n.op_type.clone(),
+                node,
+                why,
+            });
+        }
+        if !ALLOWED_ML_OPS.contains(&n.op_type.as_str()) {
+            return Err(NotAllowed::Unknown {
+                op: format!("ai.onnx.ml::{}", n.op_type),
+                node,
+            });
+        }
+    } else if !is_default_domain(&n.domain) {
         return Err(NotAllowed::Domain {
             domain: n.domain.clone(),
             op: n.op_type.clone(),
             node,
         });
+    } else {
+        if let Some(why) = refusal(&n.op_type) {
+            return Err(NotAllowed::Op {
+                op: n.op_type.clone(),
+                node,
+                why,
+            });
+        }
+        if !ALLOWED_OPS.contains(&n.op_type.as_str()) {
+            return Err(NotAllowed::Unknown {
+                op: n.op_type.clone(),
+                node,
+            });
+        }
     }
-    if let Some(why) = refusal(&n.op_type) {
-        return Err(NotAllowed::Op {
-            op: n.op_type.clone(),
-            node,
-            why,
+    let control_flow = is_default_domain(&n.domain) && matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
+    for a in &n.attribute {
+        if a.t.as_ref().is_some_and(is_external) || a.tensors.iter().any(is_external) {
+            return Err(NotAllowed::ExternalAttribute {
+                node,
+                op: n.op_type.clone(),
+                attr: a.name.clone(),
+            });
+        }
+        if a.g.is_some() || !a.graphs.is_empty() {
+            if !control_flow {
+                return Err(NotAllowed::Op {
+                    op: n.op_type.clone(),
+                    node,
+                    why: "only If, Loop and Scan may carry subgraphs",
+                });
+            }
+            for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
+                check_subgraph(g, opsets)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks every node and initializer of a subgraph (recursively).
+pub fn check_subgraph(g: &GraphProto, opsets: &[OperatorSetIdProto]) -> Result<(), NotAllowed> {
+    if let Some(t) = g.initializer.iter().find(|t| is_external(t)) {
+        return Err(NotAllowed::ExternalAttribute {
+            node: format!("subgraph {:?}", g.name),
+            op: "initializer".into(),
+            attr: t.name.clone(),
         });
     }
-    if !ALLOWED_OPS.contains(&n.op_type.as_str()) {
-        return Err(NotAllowed::Unknown {
-            op: n.op_type.clone(),
-            node,
-        });
-    }
-    if n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
-        return Err(NotAllowed::Op {
-            op: n.op_type.clone(),
-            node,
-            why: "subgraph attributes are control flow",
-        });
+    for n in &g.node {
+        check_node(n, opsets)?;
     }
     Ok(())
 }
@@ -292,8 +380,16 @@ mod tests {
         assert_eq!(check("Conv", "ai.onnx"), Ok(()));
         let e = check("FusedMatMul", "com.microsoft").unwrap_err();
         assert!(e.contains("com.microsoft::FusedMatMul"), "{e}");
-        let e = check("Loop", "").unwrap_err();
-        assert!(e.contains("Loop") && e.contains("control flow"), "{e}");
+        assert_eq!(
+            check("Loop", ""),
+            Ok(()),
+            "a Loop without subgraphs passes the list; its bound is checked at shape inference"
+        );
+        let e = check("ZipMap", "ai.onnx.ml").unwrap_err();
+        assert!(e.contains("zipmap"), "{e}");
+        assert_eq!(check("TreeEnsembleClassifier", "ai.onnx.ml"), Ok(()));
+        let e = check("Frobnicate", "ai.onnx.ml").unwrap_err();
+        assert!(e.contains("ai.onnx.ml::Frobnicate"), "{e}");
         let e = check("StringNormalizer", "").unwrap_err();
         assert!(e.contains("string"), "{e}");
         let e = check("RandomNormal", "").unwrap_err();

@@ -8,11 +8,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod allow;
+pub mod external;
 pub mod model;
 pub mod onnx;
 pub mod shape;
 
-pub use model::{Dim, Graph, LoadError, ValueType, Weight};
+pub use model::{node_inputs, Dim, Graph, LoadError, ValueType, Weight};
 pub mod builder;
 pub mod cost;
 pub mod partition;

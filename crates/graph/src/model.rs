@@ -60,8 +60,13 @@ pub struct Weight {
 }
 
 impl Weight {
+    /// Bytes of the weight (saturating: a weight with data holds exactly
+    /// this many bytes, and shape-only weights come from our own generator).
     pub fn byte_len(&self) -> u64 {
-        self.shape.iter().product::<usize>() as u64 * self.dtype.size() as u64
+        self.shape
+            .iter()
+            .try_fold(self.dtype.size() as u64, |a, &d| a.checked_mul(d as u64))
+            .unwrap_or(u64::MAX)
     }
 
     pub fn tensor(&self) -> Option<splitup_tensor::Tensor> {
@@ -96,11 +101,19 @@ impl Graph {
             return Err(LoadError::TooLarge(len));
         }
         let bytes = std::fs::read(path).map_err(io)?;
-        Graph::load(&bytes)
+        let mut model = ModelProto::decode(bytes.as_slice())?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        crate::external::resolve(&mut model, &dir).map_err(LoadError::Invalid)?;
+        Graph::from_proto(model)
     }
 
     /// Decodes and validates an ONNX model: allow-listed ops only, every
-    /// value defined once, acyclic, weights with consistent sizes.
+    /// value defined once, acyclic, weights with consistent sizes. Bytes
+    /// alone have no directory, so external data is refused here (use
+    /// [`Graph::load_file`]).
     pub fn load(bytes: &[u8]) -> Result<Graph, LoadError> {
         if bytes.len() as u64 > MODEL_BYTES_MAX {
             return Err(LoadError::TooLarge(bytes.len() as u64));
@@ -113,7 +126,6 @@ impl Graph {
         if !model.functions.is_empty() {
             return Err(allow::NotAllowed::Functions.into());
         }
-        allow::check_opsets(&model.opset_import)?;
         let g = model.graph.ok_or(LoadError::NoGraph)?;
         if !g.sparse_initializer.is_empty() {
             return Err(invalid("sparse initializers are not supported"));
@@ -137,7 +149,7 @@ impl Graph {
             if weights.contains_key(&vi.name) {
                 continue; // IR < 4: initializers are listed as inputs too.
             }
-            let vt = value_type(vi).map_err(|e| invalid(format!("graph input {:?}: {e}", vi.name)))?;
+            let vt = value_type(vi, true).map_err(|e| invalid(format!("graph input {:?}: {e}", vi.name)))?;
             inputs.push((
                 vi.name.clone(),
                 vt.ok_or_else(|| invalid(format!("graph input {:?} has no tensor type", vi.name)))?,
@@ -145,12 +157,12 @@ impl Graph {
         }
         let mut outputs = Vec::new();
         for vi in &g.output {
-            let vt = value_type(vi).map_err(|e| invalid(format!("graph output {:?}: {e}", vi.name)))?;
+            let vt = value_type(vi, false).map_err(|e| invalid(format!("graph output {:?}: {e}", vi.name)))?;
             outputs.push((vi.name.clone(), vt));
         }
         let mut value_info = HashMap::new();
         for vi in &g.value_info {
-            if let Ok(Some(vt)) = value_type(vi) {
+            if let Ok(Some(vt)) = value_type(vi, false) {
                 value_info.insert(vi.name.clone(), vt);
             }
         }
@@ -208,7 +220,7 @@ impl Graph {
         let mut users: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         for (i, n) in self.nodes.iter().enumerate() {
             let mut seen = HashSet::new();
-            for inp in n.input.iter().filter(|s| !s.is_empty()) {
+            for inp in node_inputs(n) {
                 if let Some(&p) = producer.get(inp.as_str()) {
                     if seen.insert(p) {
                         indegree[i] += 1;
@@ -255,6 +267,19 @@ impl Graph {
             self.nodes = order.into_iter().map(|i| old[i].take().unwrap()).collect();
         }
         Ok(())
+    }
+
+    /// Names of the symbolic dimensions of the graph's inputs (what `--dim` binds).
+    pub fn symbolic_dims(&self) -> std::collections::BTreeSet<String> {
+        self.inputs
+            .iter()
+            .filter_map(|(_, vt)| vt.dims.as_ref())
+            .flatten()
+            .filter_map(|d| match d {
+                Dim::Sym(s) => Some(s.clone()),
+                Dim::Fixed(_) => None,
+            })
+            .collect()
     }
 
     /// Total bytes of all weights.
@@ -308,6 +333,68 @@ impl Graph {
     }
 }
 
+/// Every value a node reads: its explicit inputs, then the outer-scope
+/// values its subgraphs (`If`, `Loop`, `Scan`) capture. Dataflow (order,
+/// liveness, task inputs) must use this, not `NodeProto::input` alone.
+pub fn node_inputs(n: &NodeProto) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(n.input.len());
+    for i in n.input.iter().filter(|i| !i.is_empty()) {
+        if !out.contains(i) {
+            out.push(i.clone());
+        }
+    }
+    for c in captures(n) {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Outer-scope values that a node's subgraphs read, in order of first use.
+pub fn captures(n: &NodeProto) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in &n.attribute {
+        for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
+            free_values(g, &mut out);
+        }
+    }
+    out
+}
+
+/// Values a graph reads that it does not define itself (recursively).
+fn free_values(g: &onnx::GraphProto, out: &mut Vec<String>) {
+    let mut defined: HashSet<&str> = g
+        .input
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(g.initializer.iter().map(|t| t.name.as_str()))
+        .collect();
+    for n in &g.node {
+        defined.extend(n.output.iter().map(String::as_str));
+    }
+    let push = |v: &str, out: &mut Vec<String>| {
+        if !v.is_empty() && !defined.contains(v) && !out.iter().any(|o| o == v) {
+            out.push(v.to_string());
+        }
+    };
+    for n in &g.node {
+        for i in &n.input {
+            push(i, out);
+        }
+        let mut inner = Vec::new();
+        for c in captures(n) {
+            inner.push(c);
+        }
+        for c in inner {
+            push(&c, out);
+        }
+    }
+    for o in &g.output {
+        push(&o.name, out);
+    }
+}
+
 pub fn node_label(n: &NodeProto) -> String {
     if n.name.is_empty() {
         format!(
@@ -345,7 +432,11 @@ pub fn value_info_proto(name: &str, t: Option<&ValueType>) -> onnx::ValueInfoPro
     }
 }
 
-fn value_type(vi: &onnx::ValueInfoProto) -> Result<Option<ValueType>, String> {
+/// The declared type of a value. Unknown dims (a `dim_param`, nothing, or a
+/// negative number, as some exporters write for "dynamic"; and for graph
+/// inputs also 0) are symbolic: named by their `dim_param`, else
+/// `VALUE:INDEX`, and bound with `--dim` or `--shape`.
+fn value_type(vi: &onnx::ValueInfoProto, is_input: bool) -> Result<Option<ValueType>, String> {
     let Some(tp) = &vi.r#type else {
         return Ok(None);
     };
@@ -371,9 +462,10 @@ fn value_type(vi: &onnx::ValueInfoProto) -> Result<Option<ValueType>, String> {
                     .iter()
                     .enumerate()
                     .map(|(i, d)| match &d.value {
-                        Some(onnx::DimValue::DimValue(v)) if *v >= 0 => Ok(Dim::Fixed(*v as usize)),
-                        Some(onnx::DimValue::DimValue(v)) => Err(format!("dimension {i} is negative ({v})")),
-                        Some(onnx::DimValue::DimParam(p)) if !p.is_empty() => Ok(Dim::Sym(p.clone())),
+                        Some(onnx::DimValue::DimValue(v)) if *v > 0 || *v == 0 && !is_input => {
+                            Ok(Dim::Fixed(*v as usize))
+                        }
+                        Some(onnx::DimValue::DimParam(p)) if !p.is_empty() => Ok::<_, String>(Dim::Sym(p.clone())),
                         _ => Ok(Dim::Sym(format!("{}:{i}", vi.name))),
                     })
                     .collect::<Result<_, _>>()?,
@@ -395,8 +487,8 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
 /// Decodes a TensorProto's bytes (raw or typed fields) to little-endian bytes,
 /// checking that the data matches the declared shape exactly.
 pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
-    if t.data_location == 1 || !t.external_data.is_empty() {
-        return Err("external data is not supported; re-save the model with all tensors inside the file".into());
+    if crate::allow::is_external(t) {
+        return Err("its data is stored outside the model (external data); SplitUp reads external data only when it loads the model from its file, from the model's own directory".into());
     }
     let dtype = dtype_of(t.data_type)?;
     if t.dims.len() > RANK_MAX {
@@ -466,7 +558,7 @@ pub fn weight_from_proto(t: &TensorProto) -> Result<Weight, String> {
     })
 }
 
-fn constant_weight(n: &NodeProto) -> Result<Weight, String> {
+pub(crate) fn constant_weight(n: &NodeProto) -> Result<Weight, String> {
     let a = n
         .attribute
         .first()

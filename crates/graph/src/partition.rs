@@ -16,7 +16,7 @@
 //! `1 + overhead` for the runtime's own buffers.
 
 use crate::cost;
-use crate::model::{node_label, Graph};
+use crate::model::{node_inputs, node_label, Graph};
 use crate::shape::{self, Bindings, Shapes};
 use std::collections::HashMap;
 
@@ -115,6 +115,8 @@ pub enum PartitionError {
     },
     #[error("the budget must be positive")]
     NoBudget,
+    #[error("{0}")]
+    Model(String),
     #[error("model output {0:?} is a model input or a weight; there is nothing to compute for it")]
     TrivialOutput(String),
 }
@@ -174,13 +176,20 @@ fn index(g: &Graph, s: &Shapes) -> Result<Index, PartitionError> {
     for (k, n) in g.nodes.iter().enumerate() {
         let mut ins = Vec::new();
         let mut ws = Vec::new();
-        for i in n.input.iter().filter(|i| !i.is_empty()) {
+        for i in &node_inputs(n) {
             if let Some(&w) = wids.get(i.as_str()) {
                 if !ws.contains(&w) {
                     ws.push(w);
                 }
             } else {
-                let v = id_of[i];
+                let v = *id_of.get(i).ok_or_else(|| {
+                    PartitionError::Shape(shape::ShapeError::Node {
+                        node: node_label(n),
+                        op: n.op_type.clone(),
+                        value: i.clone(),
+                        msg: "reads a value that nothing defines".into(),
+                    })
+                })?;
                 if !ins.contains(&v) {
                     ins.push(v);
                 }
@@ -282,6 +291,28 @@ fn better(a: Score, b: Option<Score>) -> bool {
     b.is_none_or(|b| a < b)
 }
 
+/// The graph as the partitioner sees it, with its shapes: inputs given a
+/// value (`--value`) frozen into weights, and every `If` whose condition is
+/// then known replaced by the branch it takes (repeatedly: a branch may hold
+/// further `If`s, and inference may stop at an `If` it can only see through
+/// once folded).
+pub fn prepare(graph: &Graph, bindings: &Bindings) -> Result<(Graph, Shapes), PartitionError> {
+    let mut g = graph.clone();
+    crate::transform::freeze_inputs(&mut g, &bindings.values).map_err(PartitionError::Model)?;
+    loop {
+        let (shapes, err) = shape::infer_partial(&g, bindings);
+        let folded =
+            crate::transform::fold_constant_ifs(&mut g, &shapes).map_err(|e| PartitionError::Model(e.to_string()))?;
+        if folded > 0 {
+            continue;
+        }
+        return match err {
+            Some(e) => Err(e.into()),
+            None => Ok((g, shapes)),
+        };
+    }
+}
+
 /// Partitions `graph` for the given budget.
 pub fn partition(graph: &Graph, bindings: &Bindings, opts: &Options) -> Result<Partition, PartitionError> {
     partition_with_progress(graph, bindings, opts, &mut |_, _| {})
@@ -297,8 +328,7 @@ pub fn partition_with_progress(
     if opts.capacities.is_empty() || opts.capacities.contains(&0) {
         return Err(PartitionError::NoBudget);
     }
-    let mut g = graph.clone();
-    let mut shapes = shape::infer(&g, bindings)?;
+    let (mut g, mut shapes) = prepare(graph, bindings)?;
     let mut splits = Vec::new();
     check_activations(&g, &shapes, opts)?;
     if opts.vertical_split {
@@ -483,8 +513,8 @@ fn single_need(ix: &Index, opts: &Options, k: usize) -> u64 {
 fn node_need(g: &Graph, s: &Shapes, k: usize, opts: &Options) -> u64 {
     let n = &g.nodes[k];
     let mut seen = std::collections::HashSet::new();
-    let bytes: u64 = n
-        .input
+    let ins = node_inputs(n);
+    let bytes: u64 = ins
         .iter()
         .chain(&n.output)
         .filter(|v| !v.is_empty() && seen.insert(v.as_str()))
@@ -601,8 +631,8 @@ fn activation_error(
 fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), PartitionError> {
     let budget = opts.max_capacity();
     for n in &g.nodes {
-        let acts: Vec<(&String, &crate::shape::Info)> = n
-            .input
+        let ins = node_inputs(n);
+        let acts: Vec<(&String, &crate::shape::Info)> = ins
             .iter()
             .chain(&n.output)
             .filter(|v| !v.is_empty() && !g.weights.contains_key(*v))
@@ -628,13 +658,12 @@ fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Resu
             continue;
         }
         let over = need - budget;
-        let weight = n
-            .input
+        let ins = node_inputs(n);
+        let weight = ins
             .iter()
             .filter_map(|i| g.weights.get(i).map(|w| (i, w.byte_len())))
             .max_by_key(|x| x.1);
-        let act = n
-            .input
+        let act = ins
             .iter()
             .chain(&n.output)
             .filter(|i| !i.is_empty() && !g.weights.contains_key(*i))
@@ -674,7 +703,8 @@ fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Resu
 /// activation footprint (non-weight inputs plus outputs) of a single node,
 /// with overhead. Weights can be split vertically; activations cannot.
 pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -> Result<u64, PartitionError> {
-    let s = shape::infer(graph, bindings)?;
+    let (graph, s) = prepare(graph, bindings)?;
+    let graph = &graph;
     let opts = Options {
         capacities: vec![1],
         overhead_pct,
@@ -684,8 +714,7 @@ pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -
         .nodes
         .iter()
         .map(|n| {
-            let io: u64 = n
-                .input
+            let io: u64 = node_inputs(n)
                 .iter()
                 .chain(&n.output)
                 .filter(|v| !v.is_empty() && !graph.weights.contains_key(*v))
@@ -696,4 +725,42 @@ pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -
         })
         .max()
         .unwrap_or(0))
+}
+
+/// The smallest uniform budget at which this graph partitions (with the
+/// options' overhead and vertical splitting), found by bisection between
+/// the activation floor and the budget of one task holding everything, and
+/// confirmed by a successful partition at exactly that budget. `None` when
+/// no budget works (the graph fails for another reason).
+pub fn smallest_budget(graph: &Graph, bindings: &Bindings, opts: &Options) -> Result<Option<u64>, PartitionError> {
+    let trial = |budget: u64| {
+        partition(
+            graph,
+            bindings,
+            &Options {
+                capacities: vec![budget],
+                ..opts.clone()
+            },
+        )
+        .is_ok()
+    };
+    let (g2, s) = prepare(graph, bindings)?;
+    let everything: u64 = g2
+        .weight_bytes()
+        .saturating_add(s.info.values().fold(0u64, |a, i| a.saturating_add(i.bytes())));
+    let mut hi = opts.with_overhead(everything).max(1);
+    if !trial(hi) {
+        return Ok(None);
+    }
+    let mut lo = activation_floor(graph, bindings, opts.overhead_pct)?.saturating_sub(1);
+    // Invariant: hi partitions; lo does not (or is below the floor).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if trial(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(Some(hi))
 }

@@ -1,19 +1,47 @@
 //! Static shape inference: a concrete dtype and shape for every value of a
 //! graph once its symbolic dims are fixed (`--dim seq=128`, `--shape x=1,3,224,224`).
 //!
-//! Small integer tensors (shapes, axes, indices up to `VALUE_ELEMS_MAX`
-//! elements) are also evaluated, so the `Shape -> Gather -> Concat -> Reshape`
-//! chains that exporters emit resolve to constants. Where an op is not known
-//! here, the type the model itself declares (`value_info`) is used; failing
-//! both, the error names the node.
+//! Three sources, in order:
+//! 1. **Constant folding.** A node whose inputs are all known constants
+//!    (weights, folded values, inputs fixed with `--value`) is evaluated by
+//!    the [`NodeEval`] the caller supplies (ONNX Runtime, from the `exec`
+//!    crate), so the shape-computing chains exporters emit (`Shape -> Gather
+//!    -> Concat -> Reshape`, `ConstantOfShape -> ... -> Pad`) resolve exactly,
+//!    whatever ops they use. Ops that can make a large output from small
+//!    inputs (`ConstantOfShape`, `Expand`, `Range`, ...) are folded only
+//!    after their rule has bounded the output.
+//! 2. **Rules** for the ops below, with small integer values propagated, so
+//!    that inference works without a runtime too (the pure crate, benches).
+//! 3. **Asking the runtime** about a single node whose op has no rule: it is
+//!    evaluated on inputs of the known shapes (known values where known,
+//!    zeros elsewhere), provided every small (rank <= 1) input, where shapes
+//!    hide, is a known constant.
+//!
+//! Declared `value_info` is never a source: where it disagrees with what was
+//! inferred, the disagreement is reported in [`Shapes::warnings`]. Every
+//! output size is computed with checked arithmetic; a shape too large to
+//! represent is an error that names the tensor. Data-dependent output shapes
+//! (`NonZero`, `Unique`, `Compress`, `NonMaxSuppression`) are errors unless
+//! their inputs are constant.
 
-use crate::model::{node_label, Dim, Graph};
-use crate::onnx::{attr_type, AttributeProto, NodeProto};
-use splitup_tensor::DType;
+use crate::model::{captures, node_label, Dim, Graph};
+use crate::onnx::{attr_type, AttributeProto, NodeProto, OperatorSetIdProto};
+use splitup_tensor::{DType, Tensor};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-/// Integer tensors up to this many elements are evaluated during inference.
+/// Integer tensors up to this many elements are evaluated by the rules.
 pub const VALUE_ELEMS_MAX: usize = 64;
+/// Folded constants up to this many elements are kept (and fed to later folds).
+pub const CONST_ELEMS_MAX: usize = 1 << 16;
+/// No tensor may exceed this many bytes (1 PiB): far beyond any device, and
+/// far from the point where byte counts overflow.
+pub const TENSOR_BYTES_MAX: u64 = 1 << 50;
+/// Most bytes of zero-filled inputs used to ask the runtime about one node.
+pub const EVAL_INPUT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Most iterations a `Loop` may declare (its maximum trip count must be a
+/// constant; the work is costed at that maximum).
+pub const LOOP_TRIPS_MAX: i64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Info {
@@ -22,19 +50,72 @@ pub struct Info {
 }
 
 impl Info {
+    /// Bytes of the tensor (saturating: inference refuses any tensor above
+    /// [`TENSOR_BYTES_MAX`], so saturation is never reached for inferred values).
     pub fn bytes(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product::<u64>() * self.dtype.size() as u64
+        self.checked_bytes().unwrap_or(u64::MAX)
     }
     pub fn elems(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
+        self.shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .unwrap_or(u64::MAX)
+    }
+    pub fn checked_bytes(&self) -> Option<u64> {
+        self.shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))?
+            .checked_mul(self.dtype.size() as u64)
     }
 }
 
-/// What the user fixes: named dims, and whole input shapes.
+/// Element count of a shape, or an error when it overflows.
+pub fn numel(shape: &[usize]) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than can be counted"))
+}
+
+/// Evaluates a single node on concrete inputs: ONNX Runtime behind the
+/// `exec` crate (the graph crate itself links no engine).
+pub trait NodeEval: Send + Sync {
+    /// `inputs[i]` is the node's i-th input (`None` where an optional input
+    /// is absent); `captures` are the outer-scope values its subgraphs read.
+    /// Returns every output of the node, in order.
+    fn eval(
+        &self,
+        node: &NodeProto,
+        opset: &[OperatorSetIdProto],
+        inputs: &[Option<Tensor>],
+        captures: &[(String, Tensor)],
+    ) -> Result<Vec<Tensor>, String>;
+}
+
+/// An optional [`NodeEval`]; without one, inference uses its rules only.
+#[derive(Clone, Default)]
+pub struct Evaluator(pub Option<Arc<dyn NodeEval>>);
+
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Evaluator(runtime)"
+        } else {
+            "Evaluator(rules only)"
+        })
+    }
+}
+
+/// What the user fixes: named dims, whole input shapes, and inputs frozen
+/// to a value (`--value sr=16000`), plus the evaluator inference may use.
 #[derive(Clone, Debug, Default)]
 pub struct Bindings {
     pub dims: BTreeMap<String, usize>,
     pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Inputs fixed to a constant: they become weights of the partitioned
+    /// graph (no longer inputs), so branches on them fold.
+    pub values: BTreeMap<String, Tensor>,
+    pub eval: Evaluator,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -54,6 +135,14 @@ pub enum ShapeError {
         value: String,
         msg: String,
     },
+    #[error("tensor {value:?} produced by node {node:?} ({op}) has shape {shape:?} of {dtype}: too large to represent (over {TENSOR_BYTES_MAX} bytes)")]
+    TooLarge {
+        value: String,
+        node: String,
+        op: String,
+        shape: Vec<usize>,
+        dtype: String,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +150,10 @@ pub struct Shapes {
     pub info: HashMap<String, Info>,
     /// Evaluated small integer values.
     pub values: HashMap<String, Vec<i64>>,
+    /// Known constant values (weights, folded nodes), up to [`CONST_ELEMS_MAX`] elements.
+    pub consts: HashMap<String, Tensor>,
+    /// Where the model's declared `value_info` disagrees with inference.
+    pub warnings: Vec<String>,
 }
 
 impl Shapes {
@@ -69,9 +162,59 @@ impl Shapes {
     }
 }
 
+fn int_values(t: &Tensor) -> Option<Vec<i64>> {
+    if t.len() <= VALUE_ELEMS_MAX {
+        t.to_i64_vec()
+    } else {
+        None
+    }
+}
+
+fn tensor_from_i64(dtype: DType, shape: &[usize], v: &[i64]) -> Option<Tensor> {
+    let data: Vec<u8> = match dtype {
+        DType::I64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::I32 => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
+        _ => return None,
+    };
+    Tensor::new(dtype, shape.to_vec(), data).ok()
+}
+
 pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
     let mut s = Shapes::default();
+    infer_into(g, b, &mut s)?;
+    Ok(s)
+}
+
+/// As [`infer`], but keeps what was inferred before an error: the
+/// partitioner folds `If`s on known conditions and tries again.
+pub fn infer_partial(g: &Graph, b: &Bindings) -> (Shapes, Option<ShapeError>) {
+    let mut s = Shapes::default();
+    let e = infer_into(g, b, &mut s).err();
+    (s, e)
+}
+
+fn infer_into(g: &Graph, b: &Bindings, s: &mut Shapes) -> Result<(), ShapeError> {
     for (name, vt) in &g.inputs {
+        if let Some(t) = b.values.get(name) {
+            if t.dtype != vt.dtype {
+                return Err(ShapeError::BadBinding {
+                    input: name.clone(),
+                    msg: format!("the model declares {} but the value given is {}", vt.dtype, t.dtype),
+                });
+            }
+            s.info.insert(
+                name.clone(),
+                Info {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                },
+            );
+            if let Some(v) = int_values(t) {
+                s.values.insert(name.clone(), v);
+            }
+            s.consts.insert(name.clone(), t.clone());
+            continue;
+        }
         let shape = if let Some(shape) = b.shapes.get(name) {
             if let Some(dims) = &vt.dims {
                 if dims.len() != shape.len() {
@@ -111,7 +254,14 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
                 })
                 .collect::<Result<_, _>>()?
         };
-        s.info.insert(name.clone(), Info { dtype: vt.dtype, shape });
+        let info = Info { dtype: vt.dtype, shape };
+        if info.checked_bytes().is_none_or(|b| b > TENSOR_BYTES_MAX) {
+            return Err(ShapeError::BadBinding {
+                input: name.clone(),
+                msg: format!("shape {:?} is too large to represent", info.shape),
+            });
+        }
+        s.info.insert(name.clone(), info);
     }
     for (name, w) in &g.weights {
         s.info.insert(
@@ -121,75 +271,295 @@ pub fn infer(g: &Graph, b: &Bindings) -> Result<Shapes, ShapeError> {
                 shape: w.shape.clone(),
             },
         );
-        if let (Some(data), true) = (&w.data, matches!(w.dtype, DType::I64 | DType::I32)) {
-            if w.shape.iter().product::<usize>() <= VALUE_ELEMS_MAX {
-                if let Some(v) = splitup_tensor::Tensor::new(w.dtype, w.shape.clone(), data.to_vec())
-                    .ok()
-                    .and_then(|t| t.to_i64_vec())
-                {
+        if numel(&w.shape).is_ok_and(|n| n <= CONST_ELEMS_MAX) {
+            if let Some(t) = w.tensor() {
+                if let Some(v) = int_values(&t) {
                     s.values.insert(name.clone(), v);
                 }
+                s.consts.insert(name.clone(), t);
             }
         }
     }
-    let opset = g
+    let opset_default = g
         .opset
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .unwrap_or(1);
     for n in &g.nodes {
-        let ins: Vec<Option<&Info>> = n
-            .input
-            .iter()
-            .map(|i| if i.is_empty() { None } else { s.info.get(i) })
-            .collect();
-        let vals: Vec<Option<&Vec<i64>>> = n.input.iter().map(|i| s.values.get(i)).collect();
-        let result = infer_node(n, &ins, &vals, opset);
-        let outs = match result {
-            Ok(outs) => outs,
-            Err(msg) => {
-                // Fall back on what the model declares, if it declares everything.
-                let declared: Option<Vec<Out>> = n
-                    .output
-                    .iter()
-                    .map(|o| {
-                        let vt = g
-                            .value_info
-                            .get(o)
-                            .or_else(|| g.outputs.iter().find(|(n, _)| n == o).and_then(|(_, t)| t.as_ref()))?;
-                        let shape = vt.dims.as_ref()?.iter().map(|d| match d {
-                            Dim::Fixed(v) => Some(*v),
-                            Dim::Sym(s) => b.dims.get(s).copied(),
-                        });
-                        Some((
-                            Info {
-                                dtype: vt.dtype,
-                                shape: shape.collect::<Option<_>>()?,
-                            },
-                            None,
-                        ))
-                    })
-                    .collect();
-                declared.ok_or_else(|| ShapeError::Node {
-                    node: node_label(n),
-                    op: n.op_type.clone(),
-                    value: n.output.first().cloned().unwrap_or_default(),
-                    msg,
-                })?
-            }
-        };
+        let outs = infer_one(g, n, s, b, opset_default).map_err(|msg| ShapeError::Node {
+            node: node_label(n),
+            op: n.op_type.clone(),
+            value: n.output.first().cloned().unwrap_or_default(),
+            msg,
+        })?;
         for (name, (info, value)) in n.output.iter().zip(outs) {
             if name.is_empty() {
                 continue;
             }
-            if let Some(v) = value {
-                s.values.insert(name.clone(), v);
+            if info.checked_bytes().is_none_or(|b| b > TENSOR_BYTES_MAX) {
+                return Err(ShapeError::TooLarge {
+                    value: name.clone(),
+                    node: node_label(n),
+                    op: n.op_type.clone(),
+                    shape: info.shape,
+                    dtype: info.dtype.name().into(),
+                });
+            }
+            if let Some(declared) = g.value_info.get(name).and_then(|vt| vt.dims.as_ref()) {
+                let fixed: Option<Vec<usize>> = declared
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(v) => Some(*v),
+                        Dim::Sym(s) => b.dims.get(s).copied(),
+                    })
+                    .collect();
+                if fixed.is_some_and(|f| f != info.shape) {
+                    s.warnings.push(format!(
+                        "{name:?}: the model declares {declared:?}, inference gives {:?} (using the inferred shape)",
+                        info.shape
+                    ));
+                }
+            }
+            match value {
+                Some(t) => {
+                    if let Some(v) = int_values(&t) {
+                        s.values.insert(name.clone(), v);
+                    }
+                    s.consts.insert(name.clone(), t);
+                }
+                None => {
+                    s.values.remove(name);
+                }
             }
             s.info.insert(name.clone(), info);
         }
     }
-    Ok(s)
+    Ok(())
+}
+
+/// Ops whose output can be far larger than their inputs: folded only once
+/// a rule has bounded the output.
+fn expands(op: &str) -> bool {
+    matches!(
+        op,
+        "ConstantOfShape"
+            | "Expand"
+            | "Tile"
+            | "Range"
+            | "Resize"
+            | "Upsample"
+            | "OneHot"
+            | "Pad"
+            | "Loop"
+            | "Scan"
+            | "Col2Im"
+            | "CenterCropPad"
+            | "MaxUnpool"
+            | "BlackmanWindow"
+            | "HammingWindow"
+            | "HannWindow"
+            | "MelWeightMatrix"
+            | "AffineGrid"
+            | "STFT"
+            | "DFT"
+            | "TensorScatter"
+            | "EyeLike"
+    )
+}
+
+/// Ops whose output shape depends on the values of their inputs.
+fn data_dependent(op: &str) -> bool {
+    matches!(op, "NonZero" | "Unique" | "Compress" | "NonMaxSuppression")
+}
+
+/// Shapes (and, where known, values) of one node's outputs.
+fn infer_one(
+    g: &Graph,
+    n: &NodeProto,
+    s: &Shapes,
+    b: &Bindings,
+    opset: i64,
+) -> Result<Vec<(Info, Option<Tensor>)>, String> {
+    let ins: Vec<Option<&Info>> = n
+        .input
+        .iter()
+        .map(|i| if i.is_empty() { None } else { s.info.get(i) })
+        .collect();
+    let vals: Vec<Option<&Vec<i64>>> = n.input.iter().map(|i| s.values.get(i)).collect();
+    let consts: Vec<Option<&Tensor>> = n.input.iter().map(|i| s.consts.get(i)).collect();
+    let caps = captures(n);
+    for c in &caps {
+        if !s.info.contains_key(c) {
+            return Err(format!("its subgraph reads {c:?}, whose shape is not known"));
+        }
+    }
+    let ml = n.domain == crate::allow::ML_DOMAIN;
+    let rule = if ml {
+        Err(format!("shape rules do not cover ai.onnx.ml::{}", n.op_type))
+    } else if data_dependent(&n.op_type) {
+        Err(format!(
+            "{}'s output shape depends on the values of its inputs, which are not constants here; SplitUp needs static shapes (compute it outside the model, or make its inputs constant)",
+            n.op_type
+        ))
+    } else {
+        infer_node(n, &ins, &vals, &consts, opset)
+    };
+    let all_const = n.input.iter().all(|i| i.is_empty() || s.consts.contains_key(i))
+        && caps.iter().all(|c| s.consts.contains_key(c));
+    let eval = b.eval.0.as_ref();
+    let small = |outs: &Vec<Out>| {
+        outs.iter()
+            .all(|(i, _)| numel(&i.shape).is_ok_and(|n| n <= CONST_ELEMS_MAX))
+    };
+    // 1. Constant folding.
+    if let Some(e) = eval.filter(|_| all_const) {
+        let bounded = match &rule {
+            Ok(outs) => small(outs),
+            Err(_) => !expands(&n.op_type),
+        };
+        if bounded {
+            let inputs: Vec<Option<Tensor>> = n.input.iter().map(|i| s.consts.get(i).cloned()).collect();
+            let cap: Vec<(String, Tensor)> = caps.iter().map(|c| (c.clone(), s.consts[c].clone())).collect();
+            match e.eval(n, &g.opset, &inputs, &cap) {
+                Ok(ts) => {
+                    return Ok(ts
+                        .into_iter()
+                        .map(|t| {
+                            let info = Info {
+                                dtype: t.dtype,
+                                shape: t.shape.clone(),
+                            };
+                            let keep = t.len() <= CONST_ELEMS_MAX;
+                            (info, keep.then_some(t))
+                        })
+                        .collect())
+                }
+                Err(e) if rule.is_err() => return Err(format!("ONNX Runtime could not evaluate it: {e}")),
+                Err(e) => {
+                    if std::env::var_os("SPLITUP_DEBUG_EVAL").is_some() {
+                        eprintln!("fold {}: {e}", node_label(n));
+                    }
+                }
+            }
+        }
+    }
+    // 2. Rules.
+    let rule_msg = match rule {
+        Ok(outs) => {
+            return Ok(outs
+                .into_iter()
+                .map(|(info, v)| {
+                    let t = v.and_then(|v| tensor_from_i64(info.dtype, &info.shape, &v));
+                    (info, t)
+                })
+                .collect())
+        }
+        Err(msg) => msg,
+    };
+    // 3. Ask the runtime about this node on zero-filled inputs of known shapes.
+    let Some(e) = eval else {
+        return Err(rule_msg);
+    };
+    if data_dependent(&n.op_type) || expands(&n.op_type) && n.op_type != "Scan" && n.op_type != "Loop" {
+        return Err(rule_msg);
+    }
+    if n.op_type == "Loop" {
+        loop_bound(n, &vals)?;
+    }
+    let mut total = 0u64;
+    let mut fill = |name: &str| -> Result<Tensor, String> {
+        if let Some(t) = s.consts.get(name) {
+            return Ok(t.clone());
+        }
+        let info = &s.info[name];
+        if info.shape.len() <= 1 && numel(&info.shape)? <= VALUE_ELEMS_MAX {
+            return Err(format!(
+                "{rule_msg}; and its small input {name:?} (where shapes usually hide) is not a constant, so asking ONNX Runtime on placeholder values could give a wrong shape"
+            ));
+        }
+        let bytes = info.checked_bytes().ok_or("input too large")?;
+        total = total.saturating_add(bytes);
+        if total > EVAL_INPUT_BYTES_MAX {
+            return Err(format!(
+                "{rule_msg}; and its inputs are too large to evaluate the node alone"
+            ));
+        }
+        Tensor::new(info.dtype, info.shape.clone(), vec![0u8; bytes as usize]).map_err(|e| e.to_string())
+    };
+    let mut inputs: Vec<Option<Tensor>> = Vec::with_capacity(n.input.len());
+    for (k, i) in n.input.iter().enumerate() {
+        if i.is_empty() {
+            inputs.push(None);
+        } else if n.op_type == "If" && k == 0 && !s.consts.contains_key(i) {
+            inputs.push(Some(
+                Tensor::new(DType::Bool, s.info[i].shape.clone(), vec![0; numel(&s.info[i].shape)?])
+                    .map_err(|e| e.to_string())?,
+            ));
+        } else {
+            inputs.push(Some(fill(i)?));
+        }
+    }
+    let mut cap = Vec::with_capacity(caps.len());
+    for c in &caps {
+        cap.push((c.clone(), fill(c)?));
+    }
+    let run = |inputs: &[Option<Tensor>]| -> Result<Vec<Out>, String> {
+        let ts = e
+            .eval(n, &g.opset, inputs, &cap)
+            .map_err(|err| format!("{rule_msg}; and ONNX Runtime could not evaluate it alone: {err}"))?;
+        Ok(ts
+            .into_iter()
+            .map(|t| {
+                (
+                    Info {
+                        dtype: t.dtype,
+                        shape: t.shape,
+                    },
+                    None,
+                )
+            })
+            .collect())
+    };
+    let outs = run(&inputs)?;
+    if n.op_type == "If" && !s.consts.contains_key(&n.input[0]) {
+        // The condition is not known: both branches must give the same shapes.
+        let mut other = inputs.clone();
+        if let Some(Some(c)) = other.first_mut() {
+            *c = Tensor::new(DType::Bool, c.shape.clone(), vec![1; c.len()]).map_err(|e| e.to_string())?;
+        }
+        let outs2 = run(&other)?;
+        if outs != outs2 {
+            return Err(format!(
+                "its branches give different output shapes ({:?} vs {:?}) and its condition {:?} is not a constant; fix the inputs it depends on (--value NAME=V)",
+                outs.iter().map(|o| &o.0.shape).collect::<Vec<_>>(),
+                outs2.iter().map(|o| &o.0.shape).collect::<Vec<_>>(),
+                n.input.first().cloned().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(outs.into_iter().map(|(i, _)| (i, None)).collect())
+}
+
+/// A `Loop` must have a constant maximum trip count no larger than
+/// [`LOOP_TRIPS_MAX`]; returns it.
+pub fn loop_bound(n: &NodeProto, vals: &[Option<&Vec<i64>>]) -> Result<i64, String> {
+    let m =
+        n.input.first().filter(|m| !m.is_empty()).ok_or(
+            "a Loop without a maximum trip count (input M) may never terminate; SplitUp needs a constant bound",
+        )?;
+    let v = vals
+        .first()
+        .copied()
+        .flatten()
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| format!("its maximum trip count {m:?} is not a constant; SplitUp needs a constant bound to cost and terminate it"))?;
+    if !(0..=LOOP_TRIPS_MAX).contains(&v) {
+        return Err(format!(
+            "its maximum trip count is {v}; SplitUp accepts at most {LOOP_TRIPS_MAX} iterations"
+        ));
+    }
+    Ok(v)
 }
 
 type Out = (Info, Option<Vec<i64>>);
@@ -251,6 +621,7 @@ fn infer_node(
     n: &NodeProto,
     ins: &[Option<&Info>],
     vals: &[Option<&Vec<i64>>],
+    consts: &[Option<&Tensor>],
     opset: i64,
 ) -> Result<Vec<Out>, String> {
     let input = |i: usize| -> Result<&Info, String> {
@@ -333,6 +704,18 @@ fn infer_node(
         }
         "Dropout" => {
             let x = input(0)?;
+            if let Some(t) = n.input.get(2).filter(|t| !t.is_empty()) {
+                let training = consts
+                    .get(2)
+                    .copied()
+                    .flatten()
+                    .map(|c| c.bytes().iter().any(|&b| b != 0));
+                if training != Some(false) {
+                    return Err(format!(
+                        "its training_mode input {t:?} is not a constant false: a Dropout in training mode is random, so its results cannot be verified by re-execution"
+                    ));
+                }
+            }
             Ok(vec![
                 (x.clone(), None),
                 (
@@ -514,7 +897,7 @@ fn infer_node(
                     return Err("Concat inputs differ in rank".into());
                 }
                 if i > 0 {
-                    shape[axis] += x.shape[axis];
+                    shape[axis] = shape[axis].checked_add(x.shape[axis]).ok_or("Concat overflows")?;
                 }
                 match val {
                     Some(v) if have_values => all.extend(v.iter()),
@@ -538,8 +921,8 @@ fn infer_node(
             if !(0..=r).contains(&axis) {
                 return Err(format!("axis {axis} out of range"));
             }
-            let a: usize = x.shape[..axis as usize].iter().product();
-            let b: usize = x.shape[axis as usize..].iter().product();
+            let a = numel(&x.shape[..axis as usize])?;
+            let b = numel(&x.shape[axis as usize..])?;
             one(x.dtype, vec![a, b])
         }
         "Reshape" => {
@@ -550,7 +933,7 @@ fn infer_node(
                 value(1)?.clone()
             };
             let allowzero = attr_i(n, "allowzero", 0) != 0;
-            let total: usize = x.shape.iter().product();
+            let total = numel(&x.shape)?;
             let mut shape = Vec::with_capacity(target.len());
             let mut infer_at = None;
             for (i, &t) in target.iter().enumerate() {
@@ -564,7 +947,7 @@ fn infer_node(
                     _ => return Err(format!("invalid Reshape target {target:?}")),
                 }
             }
-            let known: usize = shape.iter().product();
+            let known = numel(&shape)?;
             if let Some(i) = infer_at {
                 if known == 0 || !total.is_multiple_of(known) {
                     return Err(format!("cannot reshape {:?} into {target:?}", x.shape));
@@ -642,7 +1025,7 @@ fn infer_node(
         }
         "Size" => {
             let x = input(0)?;
-            valued(DType::I64, vec![], vec![x.shape.iter().product::<usize>() as i64])
+            valued(DType::I64, vec![], vec![numel(&x.shape)? as i64])
         }
         "Gather" => {
             let (x, idx) = (input(0)?, input(1)?);
@@ -794,10 +1177,13 @@ fn infer_node(
             if reps.len() != x.shape.len() {
                 return Err("repeats length differs from rank".into());
             }
-            one(
-                x.dtype,
-                x.shape.iter().zip(reps).map(|(&d, &r)| d * r.max(0) as usize).collect(),
-            )
+            let shape = x
+                .shape
+                .iter()
+                .zip(reps)
+                .map(|(&d, &r)| d.checked_mul(r.max(0) as usize).ok_or("repeats overflow"))
+                .collect::<Result<_, _>>()?;
+            one(x.dtype, shape)
         }
         "ConstantOfShape" => {
             let shape: Vec<usize> = value(0)?.iter().map(|&v| v.max(0) as usize).collect();
@@ -809,21 +1195,45 @@ fn infer_node(
                 }
                 None => (DType::F32, None),
             };
-            let count: usize = shape.iter().product();
+            let count = numel(&shape)?;
             let v = fill.filter(|_| count <= VALUE_ELEMS_MAX).map(|f| vec![f; count]);
             Ok(vec![(Info { dtype, shape }, v)])
         }
         "Range" => {
-            let (s, l, d) = (value(0)?, value(1)?, value(2)?);
-            let (s, l, d) = (s[0], l[0], d[0]);
-            if d == 0 {
-                return Err("delta 0".into());
+            let scalar = |i: usize| -> Result<f64, String> {
+                let c = consts.get(i).copied().flatten().ok_or_else(|| {
+                    format!(
+                        "input {i} ({:?}) must be a constant",
+                        n.input.get(i).map(String::as_str).unwrap_or("")
+                    )
+                })?;
+                match c.to_f64_vec().as_slice() {
+                    [v] => Ok(*v),
+                    other => Err(format!("input {i} must be a scalar, not {} values", other.len())),
+                }
+            };
+            let dtype = input(0)?.dtype;
+            let (start, limit, delta) = (scalar(0)?, scalar(1)?, scalar(2)?);
+            if delta == 0.0 || !delta.is_finite() || !start.is_finite() || !limit.is_finite() {
+                return Err("delta must be a finite non-zero number and start and limit finite".into());
             }
-            let len = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
-            let v = (len <= VALUE_ELEMS_MAX).then(|| (0..len as i64).map(|i| s + i * d).collect());
+            let len = ((limit - start) / delta).ceil().max(0.0);
+            if len > (TENSOR_BYTES_MAX / dtype.size() as u64) as f64 {
+                return Err(format!("it would produce {len} elements"));
+            }
+            let len = len as usize;
+            let v = match (vals[0], vals[2]) {
+                (Some(s0), Some(d0)) if !dtype.is_float() && len <= VALUE_ELEMS_MAX => {
+                    let (s0, d0) = (*s0.first().ok_or("empty start")?, *d0.first().ok_or("empty delta")?);
+                    (0..len as i64)
+                        .map(|i| i.checked_mul(d0).and_then(|x| x.checked_add(s0)))
+                        .collect::<Option<Vec<_>>>()
+                }
+                _ => None,
+            };
             Ok(vec![(
                 Info {
-                    dtype: input(0)?.dtype,
+                    dtype,
                     shape: vec![len],
                 },
                 v,
@@ -846,22 +1256,40 @@ fn infer_node(
             }
             let mut shape = x.shape.clone();
             for (k, &a) in axes.iter().enumerate() {
-                let v = shape[a] as i64 + pads[k] + pads[k + axes.len()];
+                let v = (shape[a] as i64)
+                    .checked_add(pads[k])
+                    .and_then(|v| v.checked_add(pads[k + axes.len()]))
+                    .ok_or("pads overflow")?;
                 shape[a] = v.max(0) as usize;
             }
             one(x.dtype, shape)
         }
         "DepthToSpace" | "SpaceToDepth" => {
             let x = input(0)?;
-            let b = attr_i(n, "blocksize", 1) as usize;
-            if x.shape.len() != 4 || b == 0 {
+            let b = attr_i(n, "blocksize", 1);
+            if x.shape.len() != 4 || b <= 0 {
                 return Err("needs a 4-D input and a positive blocksize".into());
             }
+            let b = b as usize;
+            let bb = b.checked_mul(b).ok_or("blocksize overflows")?;
             let s = &x.shape;
+            let mul = |a: usize, k: usize| {
+                a.checked_mul(k)
+                    .ok_or_else(|| format!("blocksize {b} overflows the shape"))
+            };
             let shape = if op == "DepthToSpace" {
-                vec![s[0], s[1] / (b * b), s[2] * b, s[3] * b]
+                if s[1] % bb != 0 {
+                    return Err(format!("channels {} are not divisible by blocksize² {bb}", s[1]));
+                }
+                vec![s[0], s[1] / bb, mul(s[2], b)?, mul(s[3], b)?]
             } else {
-                vec![s[0], s[1] * b * b, s[2] / b, s[3] / b]
+                if s[2] % b != 0 || s[3] % b != 0 {
+                    return Err(format!(
+                        "height and width {:?} are not divisible by blocksize {b}",
+                        &s[2..]
+                    ));
+                }
+                vec![s[0], mul(s[1], bb)?, s[2] / b, s[3] / b]
             };
             one(x.dtype, shape)
         }
@@ -894,6 +1322,223 @@ fn infer_node(
                 .and_then(|a| DType::from_onnx_code(a.i as i32))
                 .unwrap_or(x.dtype);
             one(dtype, x.shape.clone())
+        }
+        "RNN" | "GRU" | "LSTM" => {
+            let (x, w) = (input(0)?, input(1)?);
+            if x.shape.len() != 3 || w.shape.len() != 3 {
+                return Err("X and W must be 3-D".into());
+            }
+            let layout = attr_i(n, "layout", 0);
+            let (seq, batch) = if layout == 0 {
+                (x.shape[0], x.shape[1])
+            } else {
+                (x.shape[1], x.shape[0])
+            };
+            let dirs = w.shape[0];
+            let gates = match op {
+                "RNN" => 1,
+                "GRU" => 3,
+                _ => 4,
+            };
+            let hidden = match attr(n, "hidden_size") {
+                Some(a) if a.i > 0 => a.i as usize,
+                _ => w.shape[1] / gates,
+            };
+            let (y, yh) = if layout == 0 {
+                (vec![seq, dirs, batch, hidden], vec![dirs, batch, hidden])
+            } else {
+                (vec![batch, seq, dirs, hidden], vec![batch, dirs, hidden])
+            };
+            let mut outs = vec![
+                (
+                    Info {
+                        dtype: x.dtype,
+                        shape: y,
+                    },
+                    None,
+                ),
+                (
+                    Info {
+                        dtype: x.dtype,
+                        shape: yh.clone(),
+                    },
+                    None,
+                ),
+            ];
+            if op == "LSTM" {
+                outs.push((
+                    Info {
+                        dtype: x.dtype,
+                        shape: yh,
+                    },
+                    None,
+                ));
+            }
+            Ok(outs)
+        }
+        "Resize" | "Upsample" => {
+            let x = input(0)?;
+            let r = x.shape.len();
+            let (scales_at, sizes_at) = match (op, opset) {
+                ("Upsample", _) | (_, ..=10) => (1, usize::MAX),
+                _ => (2, 3),
+            };
+            let axes: Vec<usize> = match attr_ints(n, "axes") {
+                Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
+                None => (0..r).collect(),
+            };
+            let present = |i: usize| ins.get(i).copied().flatten().is_some_and(|t| t.elems() > 0);
+            let mut shape = x.shape.clone();
+            if present(sizes_at) {
+                let sizes = value(sizes_at)?;
+                if sizes.len() != axes.len() {
+                    return Err("sizes and axes differ in length".into());
+                }
+                let policy = attr_s(n, "keep_aspect_ratio_policy").unwrap_or_else(|| "stretch".into());
+                if policy != "stretch" {
+                    return Err(format!("keep_aspect_ratio_policy {policy:?} has no rule"));
+                }
+                for (k, &a) in axes.iter().enumerate() {
+                    shape[a] = usize::try_from(sizes[k]).map_err(|_| "negative size")?;
+                }
+            } else {
+                let scales: Vec<f32> = if op == "Upsample" && opset < 9 {
+                    attr(n, "scales").map(|a| a.floats.clone()).ok_or("missing scales")?
+                } else {
+                    let c = consts
+                        .get(scales_at)
+                        .copied()
+                        .flatten()
+                        .ok_or("its scales must be a constant")?;
+                    c.to_f64_vec().into_iter().map(|v| v as f32).collect()
+                };
+                if scales.len() != axes.len() {
+                    return Err("scales and axes differ in length".into());
+                }
+                for (k, &a) in axes.iter().enumerate() {
+                    // As ONNX Runtime computes it: float product, truncated.
+                    let v = scales[k] * shape[a] as f32;
+                    if !(v.is_finite() && v >= 0.0 && (v as f64) < TENSOR_BYTES_MAX as f64) {
+                        return Err(format!("scale {} gives an invalid size", scales[k]));
+                    }
+                    shape[a] = v as usize;
+                }
+            }
+            one(x.dtype, shape)
+        }
+        "ConvTranspose" => {
+            let (x, w) = (input(0)?, input(1)?);
+            if x.shape.len() < 3 || w.shape.len() != x.shape.len() {
+                return Err("ConvTranspose input and weight ranks do not agree".into());
+            }
+            let r = x.shape.len() - 2;
+            let group = attr_i(n, "group", 1).max(1) as usize;
+            let kernel: Vec<i64> =
+                attr_ints(n, "kernel_shape").unwrap_or_else(|| w.shape[2..].iter().map(|&k| k as i64).collect());
+            let strides = attr_ints(n, "strides").unwrap_or_else(|| vec![1; r]);
+            let dil = attr_ints(n, "dilations").unwrap_or_else(|| vec![1; r]);
+            let pads = attr_ints(n, "pads").unwrap_or_else(|| vec![0; 2 * r]);
+            let outpad = attr_ints(n, "output_padding").unwrap_or_else(|| vec![0; r]);
+            if kernel.len() != r || strides.len() != r || dil.len() != r || pads.len() != 2 * r || outpad.len() != r {
+                return Err("kernel, strides, dilations, pads or output_padding do not match the spatial rank".into());
+            }
+            let auto = attr_s(n, "auto_pad").unwrap_or_default();
+            let mut shape = vec![x.shape[0], w.shape[1].checked_mul(group).ok_or("channels overflow")?];
+            if let Some(os) = attr_ints(n, "output_shape") {
+                let os = &os[os.len().saturating_sub(r)..];
+                for &d in os {
+                    shape.push(usize::try_from(d).map_err(|_| "negative output_shape")?);
+                }
+            } else {
+                for i in 0..r {
+                    let xi = x.shape[i + 2] as i128;
+                    let (st, dl) = (strides[i] as i128, dil[i] as i128);
+                    let o = if matches!(auto.as_str(), "SAME_UPPER" | "SAME_LOWER") {
+                        xi * st
+                    } else {
+                        let k = (kernel[i] as i128 - 1) * dl + 1;
+                        st * (xi - 1) + outpad[i] as i128 + k - pads[i] as i128 - pads[i + r] as i128
+                    };
+                    shape.push(usize::try_from(o).map_err(|_| "output size is negative or overflows")?);
+                }
+            }
+            one(x.dtype, shape)
+        }
+        "OneHot" => {
+            let (idx, vals_in) = (input(0)?, input(2)?);
+            let depth = consts
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|c| c.to_f64_vec().first().copied())
+                .ok_or("its depth must be a constant")?;
+            if !(depth >= 1.0 && depth < TENSOR_BYTES_MAX as f64) {
+                return Err(format!("depth {depth} is not a positive size"));
+            }
+            let r = idx.shape.len() + 1;
+            let axis = norm_axis(attr_i(n, "axis", -1), r)?;
+            let mut shape = idx.shape.clone();
+            shape.insert(axis, depth as usize);
+            one(vals_in.dtype, shape)
+        }
+        "QuantizeLinear" => {
+            let x = input(0)?;
+            let dtype = match ins.get(2).copied().flatten() {
+                Some(zp) => zp.dtype,
+                None => match attr(n, "output_dtype").map(|a| a.i as i32).filter(|&c| c != 0) {
+                    Some(c) => DType::from_onnx_code(c).ok_or("unsupported output_dtype")?,
+                    None => DType::U8,
+                },
+            };
+            one(dtype, x.shape.clone())
+        }
+        "DequantizeLinear" => {
+            let (x, scale) = (input(0)?, input(1)?);
+            one(scale.dtype, x.shape.clone())
+        }
+        "DynamicQuantizeLinear" => {
+            let x = input(0)?;
+            Ok(vec![
+                (
+                    Info {
+                        dtype: DType::U8,
+                        shape: x.shape.clone(),
+                    },
+                    None,
+                ),
+                (
+                    Info {
+                        dtype: DType::F32,
+                        shape: vec![],
+                    },
+                    None,
+                ),
+                (
+                    Info {
+                        dtype: DType::U8,
+                        shape: vec![],
+                    },
+                    None,
+                ),
+            ])
+        }
+        "QLinearConv" => {
+            let (x, w) = (input(0)?, input(3)?);
+            if x.shape.len() < 3 || w.shape.len() != x.shape.len() {
+                return Err("QLinearConv input and weight ranks do not agree".into());
+            }
+            let spatial = pool_shape(n, &x.shape[2..], &w.shape[2..], false)?;
+            let mut shape = vec![x.shape[0], w.shape[0]];
+            shape.extend(spatial);
+            one(input(7)?.dtype, shape)
+        }
+        "QLinearMatMul" => {
+            let (a, b) = (input(0)?, input(3)?);
+            one(input(7)?.dtype, matmul_shape(&a.shape, &b.shape)?)
+        }
+        "Loop" => {
+            loop_bound(n, vals)?;
+            Err("Loop shapes come from evaluating it".into())
         }
         _ => {
             let _ = (attr_f(n, "alpha", 0.0), attr_s(n, "mode"));
@@ -935,23 +1580,22 @@ fn pool_shape(n: &NodeProto, input: &[usize], kernel: &[usize], ceil_mode: bool)
     }
     let mut out = Vec::with_capacity(r);
     for i in 0..r {
-        let (x, s, d) = (input[i] as i64, strides[i].max(1), dil[i].max(1));
-        let k = (kernel[i] as i64 - 1) * d + 1;
+        // i128: attributes are hostile i64s, and no sum of four of them overflows i128.
+        let (x, s, d) = (input[i] as i128, strides[i].max(1) as i128, dil[i].max(1) as i128);
+        let k = (kernel[i] as i128 - 1) * d + 1;
+        let (p0, p1) = (pads[i] as i128, pads[i + r] as i128);
         let o = match auto.as_str() {
             "SAME_UPPER" | "SAME_LOWER" => (x + s - 1) / s,
             "VALID" => (x - k) / s + 1,
             "" | "NOTSET" => {
-                let span = x + pads[i] + pads[i + r] - k;
+                let span = x + p0 + p1 - k;
                 if span < 0 {
-                    return Err(format!(
-                        "kernel {k} is larger than padded input {}",
-                        x + pads[i] + pads[i + r]
-                    ));
+                    return Err(format!("kernel {k} is larger than padded input {}", x + p0 + p1));
                 }
                 if ceil_mode {
                     let mut o = (span + s - 1) / s + 1;
                     // The last window must start inside the input or its left padding.
-                    if (o - 1) * s >= x + pads[i] {
+                    if (o - 1) * s >= x + p0 {
                         o -= 1;
                     }
                     o
@@ -961,7 +1605,7 @@ fn pool_shape(n: &NodeProto, input: &[usize], kernel: &[usize], ceil_mode: bool)
             }
             other => return Err(format!("unknown auto_pad {other:?}")),
         };
-        out.push(o.max(0) as usize);
+        out.push(usize::try_from(o.max(0)).map_err(|_| "output size overflows".to_string())?);
     }
     Ok(out)
 }

@@ -74,3 +74,157 @@ pub fn randomize_constant_weights(g: &mut Graph, seed: u64) -> usize {
     }
     replaced
 }
+
+/// Turns the inputs given a value (`--value NAME=V`) into weights: the
+/// partitioned graph no longer takes them, and what depends only on them
+/// folds (an `If` on a sample rate, say). Returns the names frozen.
+pub fn freeze_inputs(
+    g: &mut Graph,
+    values: &std::collections::BTreeMap<String, splitup_tensor::Tensor>,
+) -> Result<Vec<String>, String> {
+    let mut frozen = Vec::new();
+    for (name, t) in values {
+        let Some(pos) = g.inputs.iter().position(|(n, _)| n == name) else {
+            let names: Vec<&str> = g.inputs.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!(
+                "--value {name}: the model has no input {name:?} (its inputs: {names:?})"
+            ));
+        };
+        let (_, vt) = g.inputs.remove(pos);
+        if vt.dtype != t.dtype {
+            return Err(format!(
+                "--value {name}: the model declares {} but the value is {}",
+                vt.dtype, t.dtype
+            ));
+        }
+        g.weights.insert(
+            name.clone(),
+            Weight {
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data: Some(Arc::new(t.bytes().to_vec())),
+            },
+        );
+        frozen.push(name.clone());
+    }
+    Ok(frozen)
+}
+
+/// Replaces every `If` whose condition is a known constant by the nodes of
+/// the branch it takes (its initializers and `Constant`s become weights, its
+/// outputs are renamed to the `If`'s through `Identity`), so the branch can
+/// be partitioned like the rest of the graph. Skips an `If` whose branch
+/// would redefine a name the graph already has. Returns how many were folded.
+pub fn fold_constant_ifs(g: &mut Graph, shapes: &crate::shape::Shapes) -> Result<usize, crate::model::LoadError> {
+    use crate::onnx::{attr_type, AttributeProto, NodeProto};
+    let mut folded = 0;
+    let mut k = 0;
+    while k < g.nodes.len() {
+        let n = &g.nodes[k];
+        let cond = (n.op_type == "If" && n.domain.is_empty())
+            .then(|| n.input.first())
+            .flatten()
+            .and_then(|c| shapes.consts.get(c))
+            .filter(|c| c.len() == 1)
+            .map(|c| c.bytes().iter().any(|&b| b != 0));
+        let Some(cond) = cond else {
+            k += 1;
+            continue;
+        };
+        let branch_name = if cond { "then_branch" } else { "else_branch" };
+        let Some(branch) = n
+            .attribute
+            .iter()
+            .find(|a: &&AttributeProto| a.name == branch_name && a.r#type == attr_type::GRAPH)
+            .and_then(|a| a.g.as_deref())
+            .cloned()
+        else {
+            k += 1;
+            continue;
+        };
+        if branch.output.len() != n.output.len() {
+            k += 1;
+            continue;
+        }
+        // Names the branch defines must be new to the graph.
+        let mut existing: std::collections::HashSet<&str> = g
+            .weights
+            .keys()
+            .map(String::as_str)
+            .chain(g.inputs.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        for m in &g.nodes {
+            existing.extend(m.output.iter().map(String::as_str));
+        }
+        let defines = branch
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(branch.node.iter().flat_map(|m| m.output.iter().map(String::as_str)));
+        if defines
+            .clone()
+            .any(|d| !d.is_empty() && existing.contains(d) && !n.output.iter().any(|o| o == d))
+        {
+            k += 1;
+            continue;
+        }
+        let outputs = n.output.clone();
+        let mut new_nodes: Vec<NodeProto> = Vec::new();
+        let mut new_weights = Vec::new();
+        for t in &branch.initializer {
+            let w = crate::model::weight_from_proto(t)
+                .map_err(|e| crate::model::LoadError::Invalid(format!("If branch initializer {:?}: {e}", t.name)))?;
+            new_weights.push((t.name.clone(), w));
+        }
+        for m in branch.node {
+            if m.op_type == "Constant" && m.domain.is_empty() && m.output.len() == 1 {
+                if let Ok(w) = crate::model::constant_weight(&m) {
+                    new_weights.push((m.output[0].clone(), w));
+                    continue;
+                }
+            }
+            new_nodes.push(m);
+        }
+        for (out, bo) in outputs.iter().zip(&branch.output) {
+            if out.is_empty() || *out == bo.name {
+                continue;
+            }
+            new_nodes.push(NodeProto {
+                input: vec![bo.name.clone()],
+                output: vec![out.clone()],
+                name: format!("{}/fold", out),
+                op_type: "Identity".into(),
+                ..Default::default()
+            });
+        }
+        g.nodes.remove(k);
+        for (name, w) in new_weights {
+            g.weights.insert(name, w);
+        }
+        g.nodes.extend(new_nodes);
+        folded += 1;
+    }
+    if folded > 0 {
+        g.sort_topologically()?;
+        prune_dead(g);
+    }
+    Ok(folded)
+}
+
+/// Removes nodes none of whose outputs is used (by a node, a subgraph or
+/// the graph's outputs), and weights nothing reads.
+pub fn prune_dead(g: &mut Graph) {
+    loop {
+        let mut used: std::collections::HashSet<String> = g.outputs.iter().map(|(n, _)| n.clone()).collect();
+        for n in &g.nodes {
+            used.extend(crate::model::node_inputs(n));
+        }
+        let before = g.nodes.len();
+        g.nodes
+            .retain(|n| n.output.iter().any(|o| !o.is_empty() && used.contains(o)));
+        g.weights.retain(|name, _| used.contains(name));
+        if g.nodes.len() == before {
+            break;
+        }
+    }
+}

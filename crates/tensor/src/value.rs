@@ -11,6 +11,8 @@ pub enum TensorError {
         expected: usize,
         actual: usize,
     },
+    #[error("{value} cannot be stored as {dtype}")]
+    Value { value: f64, dtype: DType },
 }
 
 /// A dense, row-major tensor whose elements are stored little-endian.
@@ -52,6 +54,40 @@ impl Tensor {
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Result<Tensor, TensorError> {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor::new(DType::I64, shape, data)
+    }
+
+    /// A tensor of `dtype` from numbers given as f64 (command-line values):
+    /// integers must be whole and in range, booleans 0 or 1.
+    pub fn from_f64_as(dtype: DType, shape: Vec<usize>, values: &[f64]) -> Result<Tensor, TensorError> {
+        let mut data = Vec::with_capacity(values.len() * dtype.size());
+        for &v in values {
+            let bad = || TensorError::Value { value: v, dtype };
+            let int = |lo: f64, hi: f64| -> Result<i128, TensorError> {
+                if v.fract() == 0.0 && v >= lo && v <= hi {
+                    Ok(v as i128)
+                } else {
+                    Err(bad())
+                }
+            };
+            match dtype {
+                DType::F32 => data.extend((v as f32).to_le_bytes()),
+                DType::F64 => data.extend(v.to_le_bytes()),
+                DType::F16 => data.extend(half::f16::from_f64(v).to_le_bytes()),
+                DType::Bf16 => data.extend(half::bf16::from_f64(v).to_le_bytes()),
+                DType::I8 => data.extend((int(i8::MIN as f64, i8::MAX as f64)? as i8).to_le_bytes()),
+                DType::I16 => data.extend((int(i16::MIN as f64, i16::MAX as f64)? as i16).to_le_bytes()),
+                DType::I32 => data.extend((int(i32::MIN as f64, i32::MAX as f64)? as i32).to_le_bytes()),
+                DType::I64 => {
+                    data.extend((int(-9.007_199_254_740_992e15, 9.007_199_254_740_992e15)? as i64).to_le_bytes())
+                }
+                DType::U8 => data.push(int(0.0, u8::MAX as f64)? as u8),
+                DType::U16 => data.extend((int(0.0, u16::MAX as f64)? as u16).to_le_bytes()),
+                DType::U32 => data.extend((int(0.0, u32::MAX as f64)? as u32).to_le_bytes()),
+                DType::U64 => data.extend((int(0.0, 9.007_199_254_740_992e15)? as u64).to_le_bytes()),
+                DType::Bool => data.push(int(0.0, 1.0)? as u8),
+            }
+        }
+        Tensor::new(dtype, shape, data)
     }
 
     pub fn bytes(&self) -> &[u8] {
