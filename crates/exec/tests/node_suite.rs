@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Passes recorded in BENCHMARKS.md; a drop below this is a regression.
-const PASSED_MIN: usize = 1316;
+const PASSED_MIN: usize = 1341;
 
 enum Outcome {
     Passed,
@@ -149,6 +149,45 @@ fn direct_passes(dir: &Path, rt: &dyn Runtime) -> bool {
     })
 }
 
+/// A refusal's reason without the node or value it names.
+fn reason_key(why: &str) -> String {
+    let mut out = String::new();
+    let mut rest = why;
+    while let Some(i) = rest.find("(node \"") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        match rest.find("\")") {
+            Some(j) => rest = &rest[j + 2..],
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    let line = out.lines().next().unwrap_or("");
+    // Drop quoted names and element type numbers, so that one reason is one row.
+    let mut key = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                if quoted {
+                    key.push('…');
+                }
+            }
+            _ if quoted => {}
+            _ => key.push(c),
+        }
+    }
+    let key = match key.find("element type ") {
+        Some(i) => {
+            let rest: String = key[i + 13..].chars().skip_while(|c| c.is_ascii_digit()).collect();
+            format!("{}element type N{rest}", &key[..i])
+        }
+        None => key,
+    };
+    key.chars().take(150).collect()
+}
+
 #[test]
 fn onnx_node_suite_runs_through_the_executor() {
     let (dir, _keep) = suite_dir();
@@ -198,10 +237,26 @@ fn onnx_node_suite_runs_through_the_executor() {
         "cases ONNX Runtime passes directly but fail through SplitUp: {lost:?}"
     );
     assert!(panicked.is_empty(), "cases that panicked: {panicked:?}");
-    // Control flow, strings and random ops are rejected by name.
+    // Refusals by reason (node names stripped), for BENCHMARKS.md.
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, why) in &rejected {
+        *reasons.entry(reason_key(why)).or_default() += 1;
+    }
+    let mut by_count: Vec<(&String, &usize)> = reasons.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    eprintln!("refusals by reason:");
+    for (why, n) in by_count {
+        eprintln!("  {n:>4}  {why}");
+    }
+    // Control flow with bounded subgraphs now runs; strings and random ops are rejected by name.
+    for case in ["test_if", "test_loop11", "test_scan9_sum"] {
+        assert!(
+            by_name(&rejected, case).is_none() && by_name(&failed, case).is_none(),
+            "{case} should pass: {:?}",
+            by_name(&rejected, case).or(by_name(&failed, case))
+        );
+    }
     for (case, word) in [
-        ("test_loop11", "Loop"),
-        ("test_if", "If"),
         ("test_strnormalizer_export_monday_casesensintive_lower", "string"),
         ("test_bernoulli", "Bernoulli"),
     ] {
