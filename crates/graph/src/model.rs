@@ -333,6 +333,84 @@ impl Graph {
     }
 }
 
+/// The gate every graph passes before it meets a runtime (a node loading a
+/// task, a validator, the committee, `run-plan`): no model-local functions or
+/// sparse initializers, every node (and every node of every subgraph) on the
+/// allow-list with no attribute tensor stored outside the model, no
+/// initializer stored outside the model (task files are self-contained; a
+/// runtime would otherwise read a file of the node's choosing), and every
+/// `Loop` bounded by a constant trip count of at most
+/// [`crate::shape::LOOP_TRIPS_MAX`]. It copies nothing, so it is cheap on
+/// large tasks.
+pub fn check_runnable(model: &ModelProto) -> Result<(), LoadError> {
+    if !model.functions.is_empty() {
+        return Err(allow::NotAllowed::Functions.into());
+    }
+    let g = model.graph.as_ref().ok_or(LoadError::NoGraph)?;
+    check_graph_runnable(g, &model.opset_import, &HashMap::new())
+}
+
+fn check_graph_runnable(
+    g: &onnx::GraphProto,
+    opsets: &[onnx::OperatorSetIdProto],
+    outer: &HashMap<String, i64>,
+) -> Result<(), LoadError> {
+    if !g.sparse_initializer.is_empty() {
+        return Err(invalid("sparse initializers are not supported"));
+    }
+    if let Some(t) = g.initializer.iter().find(|t| allow::is_external(t)) {
+        return Err(invalid(format!(
+            "initializer {:?} points at external data; task files must be self-contained",
+            t.name
+        )));
+    }
+    // Scalar integer constants in scope, for Loop bounds.
+    let mut consts = outer.clone();
+    let scalar = |t: &TensorProto| -> Option<i64> {
+        let w = weight_from_proto(t).ok()?;
+        let v = w.tensor()?.to_i64_vec()?;
+        (v.len() == 1).then(|| v[0])
+    };
+    for t in &g.initializer {
+        if let Some(v) = scalar(t) {
+            consts.insert(t.name.clone(), v);
+        }
+    }
+    for n in &g.node {
+        if n.op_type == "Constant" && n.domain.is_empty() && n.output.len() == 1 {
+            if let Some(v) = n.attribute.first().and_then(|a| match (a.name.as_str(), &a.t) {
+                ("value", Some(t)) => scalar(t),
+                ("value_int", _) => Some(a.i),
+                _ => None,
+            }) {
+                consts.insert(n.output[0].clone(), v);
+            }
+        }
+    }
+    for n in &g.node {
+        allow::check_node(n, opsets)?;
+        if n.op_type == "Loop" && n.domain.is_empty() {
+            let m = n.input.first().filter(|m| !m.is_empty()).and_then(|m| consts.get(m));
+            match m {
+                Some(&m) if (0..=crate::shape::LOOP_TRIPS_MAX).contains(&m) => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "Loop {:?} has no constant maximum trip count of at most {} (it could run unbounded)",
+                        node_label(n),
+                        crate::shape::LOOP_TRIPS_MAX
+                    )))
+                }
+            }
+        }
+        for a in &n.attribute {
+            for sub in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
+                check_graph_runnable(sub, opsets, &consts)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every value a node reads: its explicit inputs, then the outer-scope
 /// values its subgraphs (`If`, `Loop`, `Scan`) capture. Dataflow (order,
 /// liveness, task inputs) must use this, not `NodeProto::input` alone.

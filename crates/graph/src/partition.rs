@@ -306,10 +306,39 @@ pub fn prepare(graph: &Graph, bindings: &Bindings) -> Result<(Graph, Shapes), Pa
         if folded > 0 {
             continue;
         }
-        return match err {
-            Some(e) => Err(e.into()),
-            None => Ok((g, shapes)),
-        };
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        // A Loop bound computed by a foldable chain becomes a weight, so every
+        // node can check the bound from the task file alone.
+        let mut changed = false;
+        for k in 0..g.nodes.len() {
+            let n = &g.nodes[k];
+            let Some(m) = n.input.first().filter(|m| n.op_type == "Loop" && !m.is_empty()) else {
+                continue;
+            };
+            if g.weights.contains_key(m) {
+                continue;
+            }
+            if let Some(t) = shapes.consts.get(m) {
+                let name = format!("{m}/trips");
+                g.weights.insert(
+                    name.clone(),
+                    crate::model::Weight {
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        data: Some(std::sync::Arc::new(t.bytes().to_vec())),
+                    },
+                );
+                g.nodes[k].input[0] = name;
+                changed = true;
+            }
+        }
+        if changed {
+            crate::transform::prune_dead(&mut g);
+            continue;
+        }
+        return Ok((g, shapes));
     }
 }
 

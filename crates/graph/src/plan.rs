@@ -451,5 +451,154 @@ pub fn join_weights(onnx_bytes: &[u8], st_bytes: &[u8]) -> Result<Vec<u8>, (u8, 
         }
         init.raw_data = w.bytes().to_vec();
     }
+    // The gate, on the joined model (Loop bounds are weights too).
+    crate::model::check_runnable(&model).map_err(|e| (0, e.to_string()))?;
     Ok(model.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{attr_type, AttributeProto, GraphProto, NodeProto, StringStringEntryProto, TensorProto};
+
+    fn model(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![crate::onnx::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                initializer,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn external(name: &str, location: &str) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![4],
+            data_type: 1,
+            data_location: 1,
+            external_data: vec![StringStringEntryProto {
+                key: "location".into(),
+                value: location.into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn no_weights() -> Vec<u8> {
+        splitup_tensor::st::encode(&BTreeMap::new()).unwrap()
+    }
+
+    /// A task file crafted to make a node read its own key (DESIGN §3, "one
+    /// gate"): refused before any runtime sees it, however it is hidden.
+    #[test]
+    fn the_gate_refuses_task_files_that_point_outside_themselves() {
+        // An attribute tensor stored as external data (ConstantOfShape's value).
+        let node = NodeProto {
+            op_type: "ConstantOfShape".into(),
+            input: vec!["shape".into()],
+            output: vec!["y".into()],
+            attribute: vec![AttributeProto {
+                name: "value".into(),
+                r#type: attr_type::TENSOR,
+                t: Some(external("v", "node.json")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let e = join_weights(&model(vec![node], vec![]), &no_weights()).unwrap_err();
+        assert_eq!(e.0, 0);
+        assert!(e.1.contains("external data"), "{}", e.1);
+
+        // An initializer stored as external data: the weights file would hold
+        // it, but the runtime would read the file the proto names.
+        let mut t = external("w", "/etc/hostname");
+        t.data_location = 1;
+        let node = NodeProto {
+            op_type: "Identity".into(),
+            input: vec!["w".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let mut weights = BTreeMap::new();
+        weights.insert("w".to_string(), Tensor::from_f32(vec![4], &[0.0; 4]).unwrap());
+        let st = splitup_tensor::st::encode(&weights).unwrap();
+        let e = join_weights(&model(vec![node], vec![t]), &st).unwrap_err();
+        assert!(e.1.contains("external data"), "{}", e.1);
+
+        // A vendor op hidden in an If branch.
+        let branch = GraphProto {
+            node: vec![NodeProto {
+                op_type: "FusedMatMul".into(),
+                domain: "com.microsoft".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let node = NodeProto {
+            op_type: "If".into(),
+            input: vec!["c".into()],
+            output: vec!["y".into()],
+            attribute: vec![
+                AttributeProto {
+                    name: "then_branch".into(),
+                    r#type: attr_type::GRAPH,
+                    g: Some(Box::new(branch.clone())),
+                    ..Default::default()
+                },
+                AttributeProto {
+                    name: "else_branch".into(),
+                    r#type: attr_type::GRAPH,
+                    g: Some(Box::new(branch)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let e = join_weights(&model(vec![node], vec![]), &no_weights()).unwrap_err();
+        assert!(e.1.contains("com.microsoft::FusedMatMul"), "{}", e.1);
+    }
+
+    #[test]
+    fn the_gate_refuses_unbounded_loops() {
+        let body = GraphProto::default();
+        let lp = |m: &str| NodeProto {
+            op_type: "Loop".into(),
+            input: vec![m.into(), String::new(), "x".into()],
+            output: vec!["y".into()],
+            attribute: vec![AttributeProto {
+                name: "body".into(),
+                r#type: attr_type::GRAPH,
+                g: Some(Box::new(body.clone())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // As a task file carries it: name, type and shape; the bytes are in the weights file.
+        let m = TensorProto {
+            name: "m".into(),
+            data_type: 7,
+            ..Default::default()
+        };
+        for (bound, ok) in [(1i64 << 62, false), (8, true)] {
+            let mut weights = BTreeMap::new();
+            weights.insert("m".to_string(), Tensor::from_i64(vec![], &[bound]).unwrap());
+            let st = splitup_tensor::st::encode(&weights).unwrap();
+            let r = join_weights(&model(vec![lp("m")], vec![m.clone()]), &st);
+            assert_eq!(r.is_ok(), ok, "bound {bound}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.1.contains("trip count"), "{}", e.1);
+            }
+        }
+        // A bound that is a graph input (not a constant).
+        let e = join_weights(&model(vec![lp("n")], vec![]), &no_weights()).unwrap_err();
+        assert!(e.1.contains("trip count"), "{}", e.1);
+    }
 }
