@@ -72,6 +72,16 @@ pub fn load_model(a: &ModelArgs) -> Result<(Graph, Bindings)> {
     } {
         b.dims.entry("batch".into()).or_insert(1);
         b.dims.entry("seq".into()).or_insert(128.min(max_seq));
+        if b.dims["seq"] > max_seq || b.dims["seq"] == 0 {
+            bail!(
+                "--dim seq={}: {} takes 1 to {max_seq} positions (its max_seq)",
+                b.dims["seq"],
+                a.model
+            );
+        }
+    }
+    if let Some((name, _)) = b.dims.iter().find(|(_, &v)| v == 0) {
+        bail!("--dim {name}=0: a dimension must be at least 1");
     }
     let symbolic = g.symbolic_dims();
     for name in b.dims.keys() {
@@ -98,7 +108,11 @@ pub fn load_model(a: &ModelArgs) -> Result<(Graph, Bindings)> {
         let shape = match (rank, vals.len()) {
             (Some(0), 1) => vec![],
             (Some(1) | None, n) => vec![n],
-            (r, n) => bail!("--value {name}: the input has rank {r:?}; --value gives scalars (rank 0) and vectors (rank 1), here {n} values"),
+            (r, n) => bail!(
+                "--value {name}: the input has rank {}; --value gives scalars (rank 0) and vectors (rank 1), here {n} value{}",
+                r.map_or("unknown".into(), |r| r.to_string()),
+                if n == 1 { "" } else { "s" }
+            ),
         };
         let t = splitup_tensor::Tensor::from_f64_as(vt.dtype, shape, vals)
             .map_err(|e| anyhow::anyhow!("--value {name}: {e}"))?;

@@ -310,9 +310,10 @@ pub struct PartitionArgs {
     #[arg(long, value_name = "SIZE", value_parser = util::parse_size, required_unless_present = "nodes")]
     pub vram: Option<u64>,
     /// Memory of each node of a heterogeneous pool, in pipeline order, e.g. 4GiB,8GiB,8GiB.
-    /// With as many nodes as tasks, the plan is a pipeline (one task per node, in
-    /// this order); with fewer, tasks share the smallest node each fits.
-    #[arg(long, value_name = "SIZES", value_parser = util::parse_size, value_delimiter = ',', num_args = 1.., conflicts_with = "vram")]
+    /// When the model fits a pipeline of these nodes (one task per node, in this
+    /// order), that is the plan; otherwise tasks are planned for the largest node
+    /// and each placed on the smallest node it fits (nodes may take several).
+    #[arg(long, value_name = "SIZES", value_parser = util::parse_size, value_delimiter = ',', conflicts_with = "vram")]
     pub nodes: Option<Vec<u64>>,
     /// Runtime overhead added to weights + activations, in percent.
     #[arg(long, default_value_t = 10, value_name = "PCT")]

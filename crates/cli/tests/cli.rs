@@ -296,3 +296,243 @@ fn sim_replays_from_its_seed_and_refuses_insecure_parameters() {
     let err = fails(&splitup(&["sim", "--lazy-frac", "1.5"], d.path()), 1);
     assert!(err.contains("--lazy-frac must be between 0 and 1"), "{err}");
 }
+
+/// Bytes of a size as `print_plan` shows it ("581.4 KiB", "0 B"): rounded to
+/// 0.1 of its unit, which keeps order, so `a <= b` implies `shown(a) <= shown(b)`.
+fn shown_bytes(num: &str, unit: &str) -> f64 {
+    let v: f64 = num.parse().unwrap_or_else(|_| panic!("{num:?} is not a number"));
+    let exp = ["B", "KiB", "MiB", "GiB", "TiB"]
+        .iter()
+        .position(|u| *u == unit)
+        .unwrap_or_else(|| panic!("{unit:?} is not a unit"));
+    v * 1024f64.powi(exp as i32)
+}
+
+/// A byte count as `print_plan` shows it, read back.
+fn shown_bytes_of(bytes: u64) -> f64 {
+    let (mut v, mut exp) = (bytes as f64, 0);
+    while v >= 1024.0 && exp < 4 {
+        v /= 1024.0;
+        exp += 1;
+    }
+    let v: f64 = if exp == 0 {
+        v
+    } else {
+        format!("{v:.1}").parse().unwrap()
+    };
+    v * 1024f64.powi(exp)
+}
+
+/// A task row of a printed plan: task id, memory shown, and the node index
+/// and its capacity shown, when the table has a node column.
+type PlanRow = (u64, f64, Option<(usize, f64)>);
+
+fn plan_rows(out: &str) -> Vec<PlanRow> {
+    out.lines()
+        .filter(|l| !l.contains(" tasks; "))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let id: u64 = f.first()?.parse().ok()?;
+            // id ops weights(2) activations(2) memory(2) cu deps cut(2) [#n (size unit)]
+            let memory = shown_bytes(f[6], f[7]);
+            let node = (f.len() == 15).then(|| {
+                let n: usize = f[12].trim_start_matches('#').parse().unwrap();
+                let cap = shown_bytes(f[13].trim_start_matches('('), f[14].trim_end_matches(')'));
+                (n, cap)
+            });
+            Some((id, memory, node))
+        })
+        .collect()
+}
+
+fn task_count(out: &str) -> usize {
+    let summary = out
+        .lines()
+        .find(|l| l.contains(" tasks; largest needs"))
+        .unwrap_or_else(|| panic!("no plan summary in:\n{out}"));
+    summary.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The N of "the smallest budget that partitions this model… is X (N bytes)".
+fn smallest_budget(err: &str) -> u64 {
+    let line = err
+        .lines()
+        .find(|l| l.contains("the smallest budget that partitions this model"))
+        .unwrap_or_else(|| panic!("no smallest budget in:\n{err}"));
+    let open = line.rfind('(').unwrap();
+    let n = line[open + 1..].strip_suffix(" bytes)").unwrap();
+    n.parse()
+        .unwrap_or_else(|_| panic!("{n:?} is not a byte count: {line}"))
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn heterogeneous_nodes_place_every_task_on_a_node_it_fits() {
+    let d = tempfile::tempdir().unwrap();
+    // @tiny's weights alone (2.4 MiB) exceed the largest node, so every
+    // plan has several tasks: first a pool as large as the plan, then one
+    // whose tasks must share nodes.
+    let pools: [(&str, &[u64]); 2] = [
+        ("1200KiB,2MiB,1500KiB", &[1200 * 1024, 2 * 1024 * 1024, 1500 * 1024]),
+        ("2MiB,1200KiB", &[2 * 1024 * 1024, 1200 * 1024]),
+    ];
+    let mut task_counts = vec![];
+    for (nodes, caps) in pools {
+        let out = ok(&splitup(
+            &["partition", "@tiny", "--nodes", nodes, "--dry-run"],
+            d.path(),
+        ));
+        let header = out.lines().find(|l| l.trim_start().starts_with("task")).unwrap();
+        assert!(header.ends_with("  node"), "no node column: {header:?}\n{out}");
+        let rows = plan_rows(&out);
+        assert!(rows.len() >= 2, "{nodes}:\n{out}");
+        task_counts.push(rows.len());
+        assert_eq!(rows.len(), task_count(&out), "{out}");
+        for (id, memory, node) in &rows {
+            let (n, cap) = node.unwrap_or_else(|| panic!("task {id} has no node:\n{out}"));
+            assert!(n < caps.len(), "task {id} on node #{n} of {}:\n{out}", caps.len());
+            assert_eq!(cap, shown_bytes_of(caps[n]), "task {id}: node #{n}'s capacity:\n{out}");
+            assert!(
+                *memory <= cap,
+                "task {id} needs {memory} B on node #{n} of {cap} B:\n{out}"
+            );
+        }
+    }
+
+    // The plan written agrees, exactly.
+    let (nodes, caps) = pools[0];
+    let out = ok(&splitup(
+        &["partition", "@tiny", "--nodes", nodes, "-o", "plan"],
+        d.path(),
+    ));
+    assert!(out.contains("plan written to plan"), "{out}");
+    let m = manifest(&d.path().join("plan"));
+    let capacities: Vec<u64> = m["budget"]["capacities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert_eq!(capacities, caps, "{m}");
+    let tasks = m["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), task_counts[0], "the same plan as --dry-run printed");
+    for t in tasks {
+        let n = t["node"].as_u64().unwrap_or_else(|| panic!("task without a node: {t}")) as usize;
+        let need = t["vram_requirement"].as_u64().unwrap();
+        assert!(
+            need <= capacities[n],
+            "task {} needs {need} B on node #{n} of {} B",
+            t["id"],
+            capacities[n]
+        );
+    }
+
+    // --nodes and --vram are alternatives.
+    let err = fails(
+        &splitup(
+            &["partition", "@tiny", "--nodes", nodes, "--vram", "2MiB", "--dry-run"],
+            d.path(),
+        ),
+        2,
+    );
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    // --nodes before the model does not swallow it, and repeating it adds nodes.
+    ok(&splitup(
+        &["partition", "--nodes", "2MiB,3MiB", "@tiny", "--dry-run"],
+        d.path(),
+    ));
+    ok(&splitup(
+        &["partition", "--nodes", "2MiB", "--nodes", "3MiB", "@tiny", "--dry-run"],
+        d.path(),
+    ));
+}
+
+#[test]
+fn generated_models_default_seq_to_their_maximum() {
+    let d = tempfile::tempdir().unwrap();
+    // @tiny's max_seq is 64 (< 128): its logits are [1, 64, 2048].
+    let err = fails(
+        &splitup(&["partition", "@tiny", "--vram", "1MiB", "--dry-run"], d.path()),
+        1,
+    );
+    assert!(
+        err.contains("[1, 64, 2048]") && err.contains("smallest budget"),
+        "{err}"
+    );
+    let out = ok(&splitup(
+        &["partition", "@tiny", "--vram", "2MiB", "--dry-run"],
+        d.path(),
+    ));
+    assert!(task_count(&out) >= 1 && !plan_rows(&out).is_empty(), "{out}");
+    ok(&splitup(
+        &["partition", "@tiny", "--vram", "2MiB", "-o", "plan"],
+        d.path(),
+    ));
+    let m = manifest(&d.path().join("plan"));
+    assert_eq!(m["dims"], serde_json::json!({"batch": 1, "seq": 64}), "{m}");
+    assert_eq!(m["inputs"][0]["shape"], serde_json::json!([1, 64]), "{m}");
+}
+
+#[test]
+fn unknown_dims_and_values_name_what_the_model_has() {
+    let d = tempfile::tempdir().unwrap();
+    let partition = |extra: &[&str]| {
+        let mut args = vec!["partition", "@tiny", "--vram", "2MiB", "--dry-run"];
+        args.extend_from_slice(extra);
+        splitup(&args, d.path())
+    };
+    let err = fails(&partition(&["--dim", "bogus=3"]), 1);
+    assert!(
+        err.contains("bogus") && err.contains("batch, seq"),
+        "names the dim and the model's symbolic dims: {err}"
+    );
+    let err = fails(&partition(&["--value", "nosuch=1"]), 1);
+    assert!(err.contains("nosuch") && err.contains("input_ids"), "{err}");
+    // input_ids is int64 [batch, seq]: rank 2, and --value freezes rank 0 or 1.
+    for v in ["input_ids=1", "input_ids=1,2"] {
+        let err = fails(&partition(&["--value", v]), 1);
+        assert!(err.contains("input_ids") && err.contains("rank"), "{err}");
+    }
+    let err = fails(&partition(&["--value", "input_ids="]), 2);
+    assert!(err.contains("is not a number"), "{err}");
+}
+
+#[test]
+fn the_smallest_budget_named_in_an_error_is_enough() {
+    let d = tempfile::tempdir().unwrap();
+    for (extra, without) in [(&[][..], false), (&["--no-vertical-split"][..], true)] {
+        let partition = |vram: &str| {
+            let mut args = vec!["partition", "@tiny", "--vram", vram, "--dry-run"];
+            args.extend_from_slice(extra);
+            splitup(&args, d.path())
+        };
+        let err = fails(&partition("1MiB"), 1);
+        assert_eq!(err.contains("without vertical splits"), without, "{extra:?}: {err}");
+        let n = smallest_budget(&err);
+        assert!(n > 1024 * 1024, "{err}");
+        let out = ok(&partition(&n.to_string()));
+        assert!(task_count(&out) >= 1, "{out}");
+        for (id, memory, _) in plan_rows(&out) {
+            assert!(
+                memory <= shown_bytes_of(n),
+                "task {id} needs {memory} B of {n} B:\n{out}"
+            );
+        }
+        // And it is the smallest.
+        let err = fails(&partition(&(n - 1).to_string()), 1);
+        assert_eq!(smallest_budget(&err), n, "{err}");
+    }
+}
+
+#[test]
+fn partition_help_lists_the_shape_options() {
+    let d = tempfile::tempdir().unwrap();
+    let out = ok(&splitup(&["partition", "--help"], d.path()));
+    for flag in ["--nodes", "--value", "--dim", "--shape", "--vram"] {
+        assert!(out.contains(flag), "{flag} missing from:\n{out}");
+    }
+}

@@ -17,10 +17,12 @@ use splitup_tensor::{DType, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+type Evaluated = Result<Vec<Tensor>, String>;
+
 /// Evaluates single nodes with ONNX Runtime (one thread per session).
 pub struct OrtEval {
     rt: OrtRuntime,
-    cache: Mutex<HashMap<[u8; 32], Result<Vec<Tensor>, String>>>,
+    cache: Mutex<HashMap<[u8; 32], Evaluated>>,
 }
 
 impl OrtEval {
@@ -68,11 +70,8 @@ fn key(
         h.update(&(t.bytes().len() as u64).to_le_bytes());
         h.update(t.bytes());
     };
-    for i in inputs {
-        match i {
-            Some(x) => t(x),
-            None => {}
-        }
+    for x in inputs.iter().flatten() {
+        t(x);
     }
     for (_, c) in captures {
         t(c);

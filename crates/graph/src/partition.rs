@@ -103,8 +103,9 @@ pub enum PartitionError {
         budget: u64,
         over: u64,
     },
-    #[error("no valid plan: weight {weight:?} of node {node:?} ({op}) is {bytes} bytes and the node needs {need} bytes with overhead, exceeding the budget of {budget} bytes by {over} bytes; {op} cannot be split vertically")]
+    #[error("no valid plan: weight {weight:?} of node {node:?} ({op}) is {bytes} bytes and the node needs {need} bytes with overhead, exceeding the budget of {budget} bytes by {over} bytes; {why}")]
     Weight {
+        why: String,
         weight: String,
         node: String,
         op: String,
@@ -679,6 +680,17 @@ fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), Partit
     Ok(())
 }
 
+/// Why a node whose weight exceeds the budget was not split vertically.
+fn no_split_reason(n: &crate::onnx::NodeProto, opts: &Options) -> String {
+    if !opts.vertical_split {
+        "vertical splits are off (--no-vertical-split)".into()
+    } else if matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather") {
+        format!("even split into the most column slices allowed ({SLICES_MAX}) it does not fit")
+    } else {
+        format!("{} cannot be split vertically", n.op_type)
+    }
+}
+
 fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Result<(), PartitionError> {
     let budget = opts.max_capacity();
     for (k, n) in g.nodes.iter().enumerate() {
@@ -701,6 +713,7 @@ fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Resu
         match (weight, act) {
             (Some((w, wb)), Some((_, a))) if wb >= a.bytes() => {
                 return Err(PartitionError::Weight {
+                    why: no_split_reason(n, opts),
                     weight: w.clone(),
                     node: node_label(n),
                     op: n.op_type.clone(),
@@ -713,6 +726,7 @@ fn check_single_nodes(g: &Graph, s: &Shapes, ix: &Index, opts: &Options) -> Resu
             (_, Some((t, info))) => return Err(activation_error(t, info, n, need, budget)),
             (Some((w, wb)), None) => {
                 return Err(PartitionError::Weight {
+                    why: no_split_reason(n, opts),
                     weight: w.clone(),
                     node: node_label(n),
                     op: n.op_type.clone(),
