@@ -354,8 +354,53 @@ pub fn check_subgraph(g: &GraphProto, opsets: &[OperatorSetIdProto]) -> Result<(
             attr: t.name.clone(),
         });
     }
+    let falses = false_constants(g);
     for n in &g.node {
         check_node(n, opsets)?;
+        check_dropout(n, &falses)?;
+    }
+    Ok(())
+}
+
+/// Names of the constants (initializers and `Constant` nodes) of a graph
+/// whose every element is zero / false.
+pub fn false_constants(g: &GraphProto) -> std::collections::HashSet<String> {
+    let zero = |t: &TensorProto| {
+        crate::model::weight_from_proto(t)
+            .ok()
+            .and_then(|w| w.data)
+            .is_some_and(|d| d.iter().all(|&b| b == 0))
+    };
+    let mut out: std::collections::HashSet<String> = g
+        .initializer
+        .iter()
+        .filter(|t| zero(t))
+        .map(|t| t.name.clone())
+        .collect();
+    for n in g.node.iter().filter(|n| n.op_type == "Constant" && n.domain.is_empty()) {
+        if let (Some(o), Some(t)) = (n.output.first(), n.attribute.first().and_then(|a| a.t.as_ref())) {
+            if zero(t) {
+                out.insert(o.clone());
+            }
+        }
+    }
+    out
+}
+
+/// A `Dropout` is deterministic only when its `training_mode` input is
+/// absent or a constant false; elsewhere shape inference decides (it knows
+/// folded values), inside subgraphs and task files this does.
+pub fn check_dropout(n: &NodeProto, falses: &std::collections::HashSet<String>) -> Result<(), NotAllowed> {
+    if n.op_type == "Dropout" && n.domain.is_empty() {
+        if let Some(t) = n.input.get(2).filter(|t| !t.is_empty()) {
+            if !falses.contains(t) {
+                return Err(NotAllowed::Op {
+                    op: "Dropout".into(),
+                    node: node_label(n),
+                    why: "its training_mode is not a constant false: a Dropout in training mode is random, so its results cannot be verified by re-execution",
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -387,8 +387,10 @@ fn check_graph_runnable(
             }
         }
     }
+    let falses = allow::false_constants(g);
     for n in &g.node {
         allow::check_node(n, opsets)?;
+        allow::check_dropout(n, &falses)?;
         if n.op_type == "Loop" && n.domain.is_empty() {
             let m = n.input.first().filter(|m| !m.is_empty()).and_then(|m| consts.get(m));
             match m {

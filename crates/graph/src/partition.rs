@@ -242,35 +242,38 @@ fn for_each_segment(ix: &Index, opts: &Options, limit: u64, mut f: impl FnMut(Se
     let mut in_seen = vec![usize::MAX; ix.bytes.len()];
     let mut w_seen = vec![usize::MAX; ix.weight_bytes.len()];
     for i in 0..n {
-        let (mut weights, mut held, mut cut_in, mut live, mut peak, mut flops) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        // u128: a graph may hold many tensors of up to 2^50 bytes each, and
+        // `live` goes down as well as up, so saturation would be wrong.
+        let (mut weights, mut held, mut cut_in, mut live, mut peak, mut flops) =
+            (0u128, 0u128, 0u128, 0u128, 0u128, 0u128);
         for j in i..n {
             for &w in &ix.node_weights[j] {
                 if w_seen[w] != i {
                     w_seen[w] = i;
-                    weights += ix.weight_bytes[w];
+                    weights += ix.weight_bytes[w] as u128;
                 }
             }
             for &v in &ix.node_inputs[j] {
                 let outside = ix.producer[v].is_none_or(|p| p < i);
                 if outside && in_seen[v] != i {
                     in_seen[v] = i;
-                    held += ix.bytes[v];
+                    held += ix.bytes[v] as u128;
                     if ix.producer[v].is_some() {
-                        cut_in += ix.bytes[v];
+                        cut_in += ix.bytes[v] as u128;
                     }
                 }
             }
             if j > i {
                 for &v in &ix.dies_at[j - 1] {
                     if ix.producer[v].is_some_and(|p| p >= i) {
-                        live -= ix.bytes[v];
+                        live -= ix.bytes[v] as u128;
                     }
                 }
             }
-            live += ix.node_outputs[j].iter().map(|&v| ix.bytes[v]).sum::<u64>();
+            live += ix.node_outputs[j].iter().map(|&v| ix.bytes[v] as u128).sum::<u128>();
             peak = peak.max(live);
-            flops += ix.flops[j];
-            let vram = opts.with_overhead(weights + held + peak);
+            flops += ix.flops[j] as u128;
+            let vram = opts.with_overhead(clamp64(weights + held + peak));
             if vram > limit {
                 break;
             }
@@ -278,12 +281,22 @@ fn for_each_segment(ix: &Index, opts: &Options, limit: u64, mut f: impl FnMut(Se
                 start: i,
                 end: j + 1,
                 vram,
-                act: held + peak,
-                cut_in,
-                flops,
+                act: clamp64(held + peak),
+                cut_in: clamp64(cut_in),
+                flops: clamp64(flops),
             });
         }
     }
+}
+
+/// A u128 sum as u64, saturating (a need of u64::MAX fits no budget).
+fn clamp64(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// Sum of byte counts, saturating.
+fn sum_sat(it: impl Iterator<Item = u64>) -> u64 {
+    it.fold(0u64, |a, b| a.saturating_add(b))
 }
 
 type Score = (usize, u64, u64);
@@ -533,10 +546,14 @@ fn describe(g: &Graph, ix: &Index, seg: Segment, placement: usize) -> Task {
 
 /// Requirement of a single node run alone (the same accounting as a range).
 fn single_need(ix: &Index, opts: &Options, k: usize) -> u64 {
-    let w: u64 = ix.node_weights[k].iter().map(|&w| ix.weight_bytes[w]).sum();
-    let a: u64 = ix.node_inputs[k].iter().map(|&v| ix.bytes[v]).sum::<u64>()
-        + ix.node_outputs[k].iter().map(|&v| ix.bytes[v]).sum::<u64>();
-    opts.with_overhead(w + a)
+    let w = sum_sat(ix.node_weights[k].iter().map(|&w| ix.weight_bytes[w]));
+    let a = sum_sat(
+        ix.node_inputs[k]
+            .iter()
+            .chain(&ix.node_outputs[k])
+            .map(|&v| ix.bytes[v]),
+    );
+    opts.with_overhead(w.saturating_add(a))
 }
 
 /// Memory of node `k` run alone: its weights, inputs and outputs, with overhead.
@@ -555,7 +572,7 @@ fn node_need(g: &Graph, s: &Shapes, k: usize, opts: &Options) -> u64 {
                 .or_else(|| s.info.get(v).map(|i| i.bytes()))
                 .unwrap_or(0)
         })
-        .sum();
+        .fold(0u64, u64::saturating_add);
     opts.with_overhead(bytes)
 }
 
@@ -581,7 +598,7 @@ fn split_oversized(
             .iter()
             .filter_map(|i| g.weights.get(i))
             .map(|w| w.byte_len())
-            .sum();
+            .fold(0u64, u64::saturating_add);
         let need = node_need(g, shapes, k, opts);
         if need <= budget || weight == 0 || !matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather") {
             k += 1;
@@ -596,7 +613,7 @@ fn split_oversized(
             .filter(|i| !g.weights.contains_key(*i))
             .filter_map(|i| shapes.info.get(i))
             .map(|i| i.bytes())
-            .sum();
+            .fold(0u64, u64::saturating_add);
         let out: u64 = n
             .output
             .first()
@@ -608,7 +625,7 @@ fn split_oversized(
             continue;
         }
         let label = node_label(n);
-        let mut parts = (weight + out).div_ceil(room - inputs).max(2) as usize;
+        let mut parts = weight.saturating_add(out).div_ceil(room - inputs).max(2) as usize;
         let mut done = None;
         while parts <= SLICES_MAX {
             let mut trial = g.clone();
@@ -668,7 +685,7 @@ fn check_activations(g: &Graph, s: &Shapes, opts: &Options) -> Result<(), Partit
             .filter(|v| !v.is_empty() && !g.weights.contains_key(*v))
             .filter_map(|v| s.info.get(v).map(|i| (v, i)))
             .collect();
-        let need = opts.with_overhead(acts.iter().map(|(_, i)| i.bytes()).sum());
+        let need = opts.with_overhead(sum_sat(acts.iter().map(|(_, i)| i.bytes())));
         if need > budget {
             let (t, info) = acts
                 .iter()
@@ -763,7 +780,7 @@ pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -
                 .filter(|v| !v.is_empty() && !graph.weights.contains_key(*v))
                 .filter_map(|v| s.info.get(v))
                 .map(|i| i.bytes())
-                .sum();
+                .fold(0u64, u64::saturating_add);
             opts.with_overhead(io)
         })
         .max()

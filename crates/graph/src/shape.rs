@@ -585,7 +585,7 @@ fn attr_s(n: &NodeProto, name: &str) -> Option<String> {
 fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if a < 0 || a >= r.max(1) && !(r == 0 && a == 0) {
+    if a < 0 || a >= r {
         return Err(format!("axis {axis} is out of range for rank {rank}"));
     }
     Ok(a as usize)
@@ -794,7 +794,7 @@ fn infer_node(
                                     "Add" => x.checked_add(y),
                                     "Sub" => x.checked_sub(y),
                                     "Mul" => x.checked_mul(y),
-                                    "Div" if y != 0 => Some(x.div_euclid(y)),
+                                    "Div" => x.checked_div_euclid(y),
                                     "Max" => Some(x.max(y)),
                                     "Min" => Some(x.min(y)),
                                     _ => None,
@@ -1068,7 +1068,8 @@ fn infer_node(
             let r = x.shape.len();
             let axes: Vec<usize> = match axes {
                 Some(a) => a.iter().map(|&a| norm_axis(a, r)).collect::<Result<_, _>>()?,
-                None => (0..starts.len()).collect(),
+                None if starts.len() <= r => (0..starts.len()).collect(),
+                None => return Err(format!("{} starts for a rank-{r} input", starts.len())),
             };
             let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
             if starts.len() != ends.len() || axes.len() != starts.len() || steps.len() != starts.len() {
@@ -1088,10 +1089,12 @@ fn infer_node(
                 } else {
                     (fix(starts[k]).clamp(-1, dim - 1), fix(ends[k]).clamp(-1, dim - 1))
                 };
+                // i128: a step of i64::MIN or i64::MAX must not overflow.
+                let (s128, e128, st) = (s as i128, e as i128, step as i128);
                 let len = if step > 0 {
-                    (e - s + step - 1).div_euclid(step)
+                    (e128 - s128 + st - 1).div_euclid(st)
                 } else {
-                    (s - e + (-step) - 1).div_euclid(-step)
+                    (s128 - e128 - st - 1).div_euclid(-st)
                 };
                 shape[axes[k]] = len.max(0) as usize;
                 ranges[axes[k]] = (s, e, step);
@@ -1114,13 +1117,16 @@ fn infer_node(
             } else {
                 attr_ints(n, "split")
             } {
-                s.iter().map(|&v| v as usize).collect()
+                s.iter()
+                    .map(|&v| usize::try_from(v).map_err(|_| format!("negative split size {v}")))
+                    .collect::<Result<_, _>>()?
             } else {
                 let d = x.shape[axis];
                 let chunk = d.div_ceil(outs.max(1));
                 (0..outs).map(|i| chunk.min(d.saturating_sub(i * chunk))).collect()
             };
-            if split.len() != outs || split.iter().sum::<usize>() != x.shape[axis] {
+            let total = split.iter().try_fold(0usize, |a, &v| a.checked_add(v));
+            if split.len() != outs || total != Some(x.shape[axis]) {
                 return Err(format!("split {split:?} does not cover dimension {}", x.shape[axis]));
             }
             Ok(split
