@@ -71,23 +71,7 @@ fn control_flow_flops(n: &NodeProto, s: &Shapes, out_elems: u64) -> u64 {
 
 pub fn node_flops(n: &NodeProto, s: &Shapes) -> u64 {
     let info = |i: usize| n.input.get(i).filter(|x| !x.is_empty()).and_then(|x| s.info.get(x));
-    // QLinearConv's weight is its fourth input; RNNs cost their weights per step.
-    if n.op_type == "QLinearConv" {
-        let w = n
-            .input
-            .get(3)
-            .and_then(|x| s.info.get(x))
-            .map(|w| w.shape.clone())
-            .unwrap_or_default();
-        let out = n
-            .output
-            .first()
-            .and_then(|o| s.info.get(o))
-            .map(|i| i.elems())
-            .unwrap_or(0);
-        let per_out: u64 = w.iter().skip(1).fold(1u64, |a, &d| a.saturating_mul(d as u64));
-        return out.saturating_mul(per_out.max(1)).saturating_mul(2);
-    }
+    // RNNs cost their weights per step.
     if matches!(n.op_type.as_str(), "RNN" | "GRU" | "LSTM") {
         // Per step and batch row: W (input) and R (recurrent) multiply-adds.
         let x = info(0).map(|x| x.shape.clone()).unwrap_or_default();
@@ -115,7 +99,10 @@ pub fn node_flops(n: &NodeProto, s: &Shapes) -> u64 {
             out_elems.saturating_mul(k).saturating_mul(2).saturating_add(out_elems)
         }
         "Conv" | "ConvInteger" | "ConvTranspose" | "QLinearConv" => {
-            let w = info(1).map(|w| w.shape.clone()).unwrap_or_default();
+            // QLinearConv's weight is its fourth input.
+            let w = info(if n.op_type == "QLinearConv" { 3 } else { 1 })
+                .map(|w| w.shape.clone())
+                .unwrap_or_default();
             let per_out: u64 = w.iter().skip(1).fold(1u64, |a, &d| a.saturating_mul(d as u64));
             out_elems.saturating_mul(per_out.max(1)).saturating_mul(2)
         }
