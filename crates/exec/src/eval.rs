@@ -42,8 +42,7 @@ impl OrtEval {
 /// The IR version a model of this default-domain opset needs (ONNX's table).
 fn ir_for(opset: i64) -> i64 {
     match opset {
-        ..=15 => 8,
-        16..=18 => 8,
+        ..=18 => 8,
         19..=20 => 9,
         21..=22 => 10,
         _ => 11,

@@ -27,6 +27,8 @@ pub enum NotAllowed {
     Unknown { op: String, node: String },
     #[error("model-local functions are not allowed (inline them first)")]
     Functions,
+    #[error("op Dropout (node {node:?}) is not allowed: its training_mode input {input:?} is not a constant false: a Dropout in training mode is random, so its results cannot be verified by re-execution")]
+    RandomDropout { node: String, input: String },
     #[error("node {node:?} ({op}): attribute {attr:?} holds a tensor stored as external data; tensors inside nodes must be embedded (external data is only read for a model's initializers, from the model's own directory)")]
     ExternalAttribute { node: String, op: String, attr: String },
 }
@@ -284,43 +286,43 @@ pub fn is_external(t: &TensorProto) -> bool {
 /// Opset imports are not checked: an import that no node uses is harmless,
 /// and a node of a vendor domain is refused by its own name.
 pub fn check_node(n: &NodeProto, opsets: &[OperatorSetIdProto]) -> Result<(), NotAllowed> {
+    check_op(n)?;
+    for a in &n.attribute {
+        for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
+            check_subgraph(g, opsets)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks one node alone, not its subgraphs: its op, its attribute tensors,
+/// and that only control flow carries subgraphs.
+pub fn check_op(n: &NodeProto) -> Result<(), NotAllowed> {
     let node = node_label(n);
-    if n.domain == ML_DOMAIN {
-        if let Some(why) = ml_refusal(n) {
-            return Err(NotAllowed::Op {
-                op: n.op_type.clone(),
-                node,
-                why,
-            });
-        }
-        if !ALLOWED_ML_OPS.contains(&n.op_type.as_str()) {
-            return Err(NotAllowed::Unknown {
-                op: format!("ai.onnx.ml::{}", n.op_type),
-                node,
-            });
-        }
-    } else if !is_default_domain(&n.domain) {
+    let ml = n.domain == ML_DOMAIN;
+    if !ml && !is_default_domain(&n.domain) {
         return Err(NotAllowed::Domain {
             domain: n.domain.clone(),
             op: n.op_type.clone(),
             node,
         });
-    } else {
-        if let Some(why) = refusal(&n.op_type) {
-            return Err(NotAllowed::Op {
-                op: n.op_type.clone(),
-                node,
-                why,
-            });
-        }
-        if !ALLOWED_OPS.contains(&n.op_type.as_str()) {
-            return Err(NotAllowed::Unknown {
-                op: n.op_type.clone(),
-                node,
-            });
-        }
     }
-    let control_flow = is_default_domain(&n.domain) && matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
+    let (refused, allowed, name) = if ml {
+        (ml_refusal(n), ALLOWED_ML_OPS, format!("ai.onnx.ml::{}", n.op_type))
+    } else {
+        (refusal(&n.op_type), ALLOWED_OPS, n.op_type.clone())
+    };
+    if let Some(why) = refused {
+        return Err(NotAllowed::Op {
+            op: n.op_type.clone(),
+            node,
+            why,
+        });
+    }
+    if !allowed.contains(&n.op_type.as_str()) {
+        return Err(NotAllowed::Unknown { op: name, node });
+    }
+    let control_flow = !ml && matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
     for a in &n.attribute {
         if a.t.as_ref().is_some_and(is_external) || a.tensors.iter().any(is_external) {
             return Err(NotAllowed::ExternalAttribute {
@@ -329,17 +331,12 @@ pub fn check_node(n: &NodeProto, opsets: &[OperatorSetIdProto]) -> Result<(), No
                 attr: a.name.clone(),
             });
         }
-        if a.g.is_some() || !a.graphs.is_empty() {
-            if !control_flow {
-                return Err(NotAllowed::Op {
-                    op: n.op_type.clone(),
-                    node,
-                    why: "only If, Loop and Scan may carry subgraphs",
-                });
-            }
-            for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
-                check_subgraph(g, opsets)?;
-            }
+        if (a.g.is_some() || !a.graphs.is_empty()) && !control_flow {
+            return Err(NotAllowed::Op {
+                op: n.op_type.clone(),
+                node,
+                why: "only If, Loop and Scan may carry subgraphs",
+            });
         }
     }
     Ok(())
@@ -354,50 +351,30 @@ pub fn check_subgraph(g: &GraphProto, opsets: &[OperatorSetIdProto]) -> Result<(
             attr: t.name.clone(),
         });
     }
-    let falses = false_constants(g);
+    let consts = crate::model::small_constants(g);
     for n in &g.node {
         check_node(n, opsets)?;
-        check_dropout(n, &falses)?;
+        check_dropout(n, |t| consts.get(t).is_some_and(is_all_zero))?;
     }
     Ok(())
 }
 
-/// Names of the constants (initializers and `Constant` nodes) of a graph
-/// whose every element is zero / false.
-pub fn false_constants(g: &GraphProto) -> std::collections::HashSet<String> {
-    let zero = |t: &TensorProto| {
-        crate::model::weight_from_proto(t)
-            .ok()
-            .and_then(|w| w.data)
-            .is_some_and(|d| d.iter().all(|&b| b == 0))
-    };
-    let mut out: std::collections::HashSet<String> = g
-        .initializer
-        .iter()
-        .filter(|t| zero(t))
-        .map(|t| t.name.clone())
-        .collect();
-    for n in g.node.iter().filter(|n| n.op_type == "Constant" && n.domain.is_empty()) {
-        if let (Some(o), Some(t)) = (n.output.first(), n.attribute.first().and_then(|a| a.t.as_ref())) {
-            if zero(t) {
-                out.insert(o.clone());
-            }
-        }
-    }
-    out
+/// True when every element of the tensor is zero (false).
+pub fn is_all_zero(t: &splitup_tensor::Tensor) -> bool {
+    t.bytes().iter().all(|&b| b == 0)
 }
 
 /// A `Dropout` is deterministic only when its `training_mode` input is
-/// absent or a constant false; elsewhere shape inference decides (it knows
-/// folded values), inside subgraphs and task files this does.
-pub fn check_dropout(n: &NodeProto, falses: &std::collections::HashSet<String>) -> Result<(), NotAllowed> {
+/// absent or a constant false (`is_false` says which values are). The one
+/// check for shape inference (which knows folded values), subgraphs and
+/// task files.
+pub fn check_dropout(n: &NodeProto, is_false: impl Fn(&str) -> bool) -> Result<(), NotAllowed> {
     if n.op_type == "Dropout" && n.domain.is_empty() {
         if let Some(t) = n.input.get(2).filter(|t| !t.is_empty()) {
-            if !falses.contains(t) {
-                return Err(NotAllowed::Op {
-                    op: "Dropout".into(),
+            if !is_false(t) {
+                return Err(NotAllowed::RandomDropout {
                     node: node_label(n),
-                    why: "its training_mode is not a constant false: a Dropout in training mode is random, so its results cannot be verified by re-execution",
+                    input: t.clone(),
                 });
             }
         }

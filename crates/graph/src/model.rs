@@ -347,13 +347,12 @@ pub fn check_runnable(model: &ModelProto) -> Result<(), LoadError> {
         return Err(allow::NotAllowed::Functions.into());
     }
     let g = model.graph.as_ref().ok_or(LoadError::NoGraph)?;
-    check_graph_runnable(g, &model.opset_import, &HashMap::new())
+    check_graph_runnable(g, &HashMap::new())
 }
 
 fn check_graph_runnable(
     g: &onnx::GraphProto,
-    opsets: &[onnx::OperatorSetIdProto],
-    outer: &HashMap<String, i64>,
+    outer: &HashMap<String, splitup_tensor::Tensor>,
 ) -> Result<(), LoadError> {
     if !g.sparse_initializer.is_empty() {
         return Err(invalid("sparse initializers are not supported"));
@@ -364,37 +363,23 @@ fn check_graph_runnable(
             t.name
         )));
     }
-    // Scalar integer constants in scope, for Loop bounds.
+    // Small constants in scope (this graph's and its outer scopes'), for
+    // Loop bounds and Dropout modes.
     let mut consts = outer.clone();
-    let scalar = |t: &TensorProto| -> Option<i64> {
-        let w = weight_from_proto(t).ok()?;
-        let v = w.tensor()?.to_i64_vec()?;
-        (v.len() == 1).then(|| v[0])
-    };
-    for t in &g.initializer {
-        if let Some(v) = scalar(t) {
-            consts.insert(t.name.clone(), v);
-        }
-    }
+    consts.extend(small_constants(g));
     for n in &g.node {
-        if n.op_type == "Constant" && n.domain.is_empty() && n.output.len() == 1 {
-            if let Some(v) = n.attribute.first().and_then(|a| match (a.name.as_str(), &a.t) {
-                ("value", Some(t)) => scalar(t),
-                ("value_int", _) => Some(a.i),
-                _ => None,
-            }) {
-                consts.insert(n.output[0].clone(), v);
-            }
-        }
-    }
-    let falses = allow::false_constants(g);
-    for n in &g.node {
-        allow::check_node(n, opsets)?;
-        allow::check_dropout(n, &falses)?;
+        // Each graph checks its own nodes; the recursion below reaches subgraphs.
+        allow::check_op(n)?;
+        allow::check_dropout(n, |t| consts.get(t).is_some_and(allow::is_all_zero))?;
         if n.op_type == "Loop" && n.domain.is_empty() {
-            let m = n.input.first().filter(|m| !m.is_empty()).and_then(|m| consts.get(m));
+            let m = n
+                .input
+                .first()
+                .and_then(|m| consts.get(m))
+                .and_then(|t| t.to_i64_vec())
+                .and_then(|v| (v.len() == 1).then(|| v[0]));
             match m {
-                Some(&m) if (0..=crate::shape::LOOP_TRIPS_MAX).contains(&m) => {}
+                Some(m) if (0..=crate::shape::LOOP_TRIPS_MAX).contains(&m) => {}
                 _ => {
                     return Err(invalid(format!(
                         "Loop {:?} has no constant maximum trip count of at most {} (it could run unbounded)",
@@ -406,11 +391,41 @@ fn check_graph_runnable(
         }
         for a in &n.attribute {
             for sub in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
-                check_graph_runnable(sub, opsets, &consts)?;
+                check_graph_runnable(sub, &consts)?;
             }
         }
     }
     Ok(())
+}
+
+/// The small constants a graph defines (initializers and `Constant` nodes of
+/// at most [`crate::shape::VALUE_ELEMS_MAX`] elements), decoded. Large
+/// initializers are not decoded (a task's weights are never copied here).
+pub(crate) fn small_constants(g: &onnx::GraphProto) -> HashMap<String, splitup_tensor::Tensor> {
+    let small = |dims: &[i64]| {
+        dims.iter()
+            .try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)))
+            .is_some_and(|n| n <= crate::shape::VALUE_ELEMS_MAX as u64)
+    };
+    let mut out = HashMap::new();
+    for t in g.initializer.iter().filter(|t| small(&t.dims)) {
+        if let Some(v) = weight_from_proto(t).ok().and_then(|w| w.tensor()) {
+            out.insert(t.name.clone(), v);
+        }
+    }
+    for n in g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Constant" && n.domain.is_empty() && n.output.len() == 1)
+    {
+        let w = constant_weight(n)
+            .ok()
+            .filter(|w| crate::shape::numel(&w.shape).is_ok_and(|k| k <= crate::shape::VALUE_ELEMS_MAX));
+        if let Some(v) = w.and_then(|w| w.tensor()) {
+            out.insert(n.output[0].clone(), v);
+        }
+    }
+    out
 }
 
 /// Every value a node reads: its explicit inputs, then the outer-scope
@@ -462,11 +477,7 @@ fn free_values(g: &onnx::GraphProto, out: &mut Vec<String>) {
         for i in &n.input {
             push(i, out);
         }
-        let mut inner = Vec::new();
         for c in captures(n) {
-            inner.push(c);
-        }
-        for c in inner {
             push(&c, out);
         }
     }

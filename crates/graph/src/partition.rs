@@ -793,10 +793,17 @@ pub fn activation_floor(graph: &Graph, bindings: &Bindings, overhead_pct: u64) -
 /// confirmed by a successful partition at exactly that budget. `None` when
 /// no budget works (the graph fails for another reason).
 pub fn smallest_budget(graph: &Graph, bindings: &Bindings, opts: &Options) -> Result<Option<u64>, PartitionError> {
+    // Prepare once: the prepared graph has its `--value` inputs frozen
+    // already, so every trial below starts from it with no values to freeze.
+    let (g, s) = prepare(graph, bindings)?;
+    let b = Bindings {
+        values: Default::default(),
+        ..bindings.clone()
+    };
     let trial = |budget: u64| {
         partition(
-            graph,
-            bindings,
+            &g,
+            &b,
             &Options {
                 capacities: vec![budget],
                 ..opts.clone()
@@ -804,15 +811,14 @@ pub fn smallest_budget(graph: &Graph, bindings: &Bindings, opts: &Options) -> Re
         )
         .is_ok()
     };
-    let (g2, s) = prepare(graph, bindings)?;
-    let everything: u64 = g2
+    let everything: u64 = g
         .weight_bytes()
         .saturating_add(s.info.values().fold(0u64, |a, i| a.saturating_add(i.bytes())));
     let mut hi = opts.with_overhead(everything).max(1);
     if !trial(hi) {
         return Ok(None);
     }
-    let mut lo = activation_floor(graph, bindings, opts.overhead_pct)?.saturating_sub(1);
+    let mut lo = activation_floor(&g, &b, opts.overhead_pct)?.saturating_sub(1);
     // Invariant: hi partitions; lo does not (or is below the floor).
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
