@@ -69,12 +69,15 @@ try:
 except ImportError as e:  # pragma: no cover - environment problem
     sys.exit(f"make_models.py: missing Python package ({e}). Install with:\n  {PIP}")
 
+# The op walk and file naming are real_models.py's (same folder).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_models import all_ops, safe, vendor_ops  # noqa: E402
+
 F32 = np.float32
 OPSET = 17
 # onnx 1.23 stamps IR version 14 by default; ORT 1.31 reads at most 13.
 # IR 8 is the version that goes with opset 17.
 IR_VERSION = 8
-STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 DEFAULT_DOMAINS = {"", "ai.onnx"}
 
 # Real models to quantise, first one present in REAL_MODELS_JSON wins.
@@ -90,30 +93,6 @@ class VerifyError(Exception):
 
 
 # ---------------------------------------------------------------- helpers ---
-
-def all_ops(graph):
-    ops = set()
-
-    def walk(g):
-        for n in g.node:
-            ops.add(f"{n.domain}::{n.op_type}")
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
-
-    walk(graph)
-    return sorted(ops)
-
-
-def vendor_ops(graph):
-    return [o for o in all_ops(graph) if o.split("::")[0] not in STANDARD_DOMAINS]
-
-
-def safe(s):
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in s)
-
 
 def fresh_dir(path):
     shutil.rmtree(path, ignore_errors=True)

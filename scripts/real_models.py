@@ -329,13 +329,13 @@ def seed_of(name):
     return zlib.crc32(name.encode()) & 0xFFFFFFFF
 
 
-def vendor_ops(graph):
-    found = set()
+def all_ops(graph):
+    """Every op of the graph and its subgraphs, as sorted "domain::OpType"."""
+    ops = set()
 
     def walk(g):
         for n in g.node:
-            if n.domain not in STANDARD_DOMAINS:
-                found.add(f"{n.domain}::{n.op_type}")
+            ops.add(f"{n.domain}::{n.op_type}")
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g)
@@ -343,7 +343,11 @@ def vendor_ops(graph):
                     walk(sub)
 
     walk(graph)
-    return sorted(found)
+    return sorted(ops)
+
+
+def vendor_ops(graph):
+    return [o for o in all_ops(graph) if o.split("::")[0] not in STANDARD_DOMAINS]
 
 
 def real_inputs(model):

@@ -28,24 +28,6 @@ enum Outcome {
     Failed(String),
 }
 
-fn suite_dir() -> (PathBuf, Option<tempfile::TempDir>) {
-    if let Some(d) = std::env::var_os("SPLITUP_NODE_SUITE") {
-        return (PathBuf::from(d), None);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/gen_node_suite.py");
-    let st = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(tmp.path())
-        .status()
-        .expect("python3 must be installed");
-    assert!(
-        st.success(),
-        "generating the node suite failed (pip install onnx==1.23.2 numpy)"
-    );
-    (tmp.path().to_path_buf(), Some(tmp))
-}
-
 fn read_tensor(path: &Path) -> Result<Tensor, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let tp = TensorProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
@@ -190,7 +172,12 @@ fn reason_key(why: &str) -> String {
 
 #[test]
 fn onnx_node_suite_runs_through_the_executor() {
-    let (dir, _keep) = suite_dir();
+    let (dir, _keep) = common::generated(
+        "SPLITUP_NODE_SUITE",
+        "gen_node_suite.py",
+        &[],
+        "pip install onnx==1.23.2 numpy",
+    );
     let rt = common::runtime();
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

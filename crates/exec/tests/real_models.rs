@@ -16,7 +16,7 @@
 //! SPLITUP_MADE_MODELS to generated directories to skip generation.
 
 mod common;
-use common::runtime;
+use common::{generated, runtime};
 use splitup_exec::{runner, OrtEval};
 use splitup_graph::partition::{activation_floor, partition, smallest_budget, Options};
 use splitup_graph::plan;
@@ -25,29 +25,6 @@ use splitup_graph::Graph;
 use splitup_tensor::{allclose, npy, Tensor, Tolerance};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name)
-}
-
-/// Runs a generator script into a fresh directory unless `env` names one.
-fn generated(env: &str, name: &str, args: &[&Path]) -> (PathBuf, Option<tempfile::TempDir>) {
-    if let Some(d) = std::env::var_os(env) {
-        return (PathBuf::from(d), None);
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new("python3")
-        .arg(script(name))
-        .arg(tmp.path())
-        .args(args)
-        .status()
-        .expect("python3 must be installed");
-    assert!(
-        st.success(),
-        "{name} failed; see its message above for the pip command it needs"
-    );
-    (tmp.path().to_path_buf(), Some(tmp))
-}
 
 #[derive(serde::Deserialize)]
 struct Entry {
@@ -263,13 +240,23 @@ fn assert_all(rows: &[Row]) {
 
 #[test]
 fn third_party_and_tool_made_models_split_and_equal_onnx_runtime() {
-    let (real_dir, _keep) = generated("SPLITUP_REAL_MODELS", "real_models.py", &[]);
+    let (real_dir, _keep) = generated(
+        "SPLITUP_REAL_MODELS",
+        "real_models.py",
+        &[],
+        "see its message above for the pip command it needs",
+    );
     let real = read_list(&real_dir);
     assert!(real.len() >= 28, "expected the shipped models, found {}", real.len());
     let rows: Vec<Row> = real.iter().map(check_model).collect();
     table("Third-party models (pip packages)", &rows);
     let json = real_dir.join("models.json");
-    let (made_dir, _keep2) = generated("SPLITUP_MADE_MODELS", "make_models.py", &[&json]);
+    let (made_dir, _keep2) = generated(
+        "SPLITUP_MADE_MODELS",
+        "make_models.py",
+        &[&json],
+        "see its message above for the pip command it needs",
+    );
     let made = read_list(&made_dir);
     let made_rows: Vec<Row> = made.iter().map(check_model).collect();
     table("Models made with real tools", &made_rows);

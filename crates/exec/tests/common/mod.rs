@@ -12,6 +12,32 @@ use splitup_graph::Graph;
 use splitup_tensor::{allclose, DType, Tensor, Tolerance};
 use std::collections::BTreeMap;
 
+/// Runs `scripts/SCRIPT OUT_DIR ARGS...` into a fresh directory, unless the
+/// environment variable `env` names a directory generated earlier. The
+/// `TempDir` (if any) must be kept alive while the files are used.
+pub fn generated(
+    env: &str,
+    script: &str,
+    args: &[&std::path::Path],
+    hint: &str,
+) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
+    if let Some(d) = std::env::var_os(env) {
+        return (d.into(), None);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let st = std::process::Command::new("python3")
+        .arg(&path)
+        .arg(tmp.path())
+        .args(args)
+        .status()
+        .expect("python3 must be installed");
+    assert!(st.success(), "{script} failed ({hint})");
+    (tmp.path().to_path_buf(), Some(tmp))
+}
+
 pub fn runtime() -> OrtRuntime {
     OrtRuntime::new(1).expect("ONNX Runtime must be installed (pip install onnxruntime==1.31.1)")
 }
