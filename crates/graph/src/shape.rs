@@ -520,8 +520,18 @@ fn infer_one(
             })
             .collect())
     };
-    let outs = run(&inputs)?;
-    if n.op_type == "If" && !s.consts.contains_key(&n.input[0]) {
+    let unknown_cond = n.op_type == "If" && !s.consts.contains_key(&n.input[0]);
+    let outs = run(&inputs).map_err(|e| {
+        if unknown_cond {
+            format!(
+                "{e}; its condition {:?} is not a constant: fixing the inputs it depends on (--value NAME=V) folds the If into one branch",
+                n.input[0]
+            )
+        } else {
+            e
+        }
+    })?;
+    if unknown_cond {
         // The condition is not known: both branches must give the same shapes.
         let mut other = inputs.clone();
         if let Some(Some(c)) = other.first_mut() {
