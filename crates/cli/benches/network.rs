@@ -78,6 +78,7 @@ fn main() {
         &[
             "ledger",
             "start",
+            "--dev",
             "--listen",
             "127.0.0.1:0",
             "--data",

@@ -104,6 +104,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         &[
             "ledger",
             "start",
+            "--dev",
             "--listen",
             "127.0.0.1:0",
             "--data",

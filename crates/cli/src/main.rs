@@ -48,8 +48,10 @@ enum Command {
     /// Key files.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Local networks only: mint test USDC to a key.
+    /// Development networks only (ledger start --dev): mint test USDC to a key.
     Faucet(FaucetArgs),
+    /// Mint USDC with the network's mint authority key (public networks: --mint-authority).
+    Mint(MintArgs),
     /// Show a key's balance (and its node, if it is one).
     Balance(KeyedArgs),
     /// List the nodes the ledger knows.
@@ -175,9 +177,14 @@ pub struct LedgerStartArgs {
     /// Challenge probability p at genesis (ignored if the data directory already has a genesis).
     #[arg(long, default_value_t = 0.08)]
     pub p: f64,
-    /// Run as a public network: no faucet.
-    #[arg(long)]
-    pub no_faucet: bool,
+    /// A development network on this machine: the mint key is kept in
+    /// --data and `splitup faucet` mints on request. Loopback addresses only.
+    #[arg(long, conflicts_with = "mint_authority")]
+    pub dev: bool,
+    /// A public network: the public key allowed to mint USDC (`splitup mint`
+    /// with its key file, kept off this machine). Required without --dev.
+    #[arg(long, value_name = "PUBKEY", value_parser = util::parse_pubkey)]
+    pub mint_authority: Option<splitup_protocol::Pubkey>,
     /// TEST ONLY: 2 s heartbeats and 10 s task timeouts at genesis.
     #[arg(long, hide = true)]
     pub test_timeouts: bool,
@@ -238,6 +245,19 @@ pub struct FaucetArgs {
     pub keyed: KeyedArgs,
     /// USDC to mint.
     #[arg(long, default_value_t = 1000)]
+    pub amount: u64,
+}
+
+#[derive(Args)]
+pub struct MintArgs {
+    /// The mint authority's key file.
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// Who receives the USDC.
+    #[arg(long, value_name = "PUBKEY", value_parser = util::parse_pubkey)]
+    pub to: splitup_protocol::Pubkey,
+    /// USDC to mint.
+    #[arg(long)]
     pub amount: u64,
 }
 
@@ -439,6 +459,7 @@ fn main() {
         Command::Ledger(LedgerCommand::Start(a)) => network::ledger_start(a),
         Command::Keys(KeysCommand::New { output }) => network::keys_new(&output),
         Command::Faucet(a) => network::faucet(a),
+        Command::Mint(a) => network::mint(a),
         Command::Balance(a) => network::balance(a),
         Command::Nodes(a) => network::nodes(a),
         Command::Deploy(a) => network::deploy(a),

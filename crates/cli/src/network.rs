@@ -2,7 +2,8 @@
 
 use crate::util::human;
 use crate::{
-    DeployArgs, FaucetArgs, FetchArgs, KeyedArgs, LedgerStartArgs, LedgerUrl, NodeStartArgs, StatusArgs, SubmitArgs,
+    DeployArgs, FaucetArgs, FetchArgs, KeyedArgs, LedgerStartArgs, LedgerUrl, MintArgs, NodeStartArgs, StatusArgs,
+    SubmitArgs,
 };
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -21,7 +22,8 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         data: a.data,
         listen: a.listen,
         challenge_ppm: (a.p * 1e6).round() as u64,
-        local: !a.no_faucet,
+        dev: a.dev,
+        mint_authority: a.mint_authority,
         test_timeouts: a.test_timeouts,
         retention_ms: a.retention_secs.saturating_mul(1000),
         snapshot_every: a.snapshot_every,
@@ -58,6 +60,18 @@ pub fn faucet(a: FaucetArgs) -> Result<i32> {
         key.pubkey().hex(),
         acct["balance"].as_u64().unwrap_or(0) as f64 / 1e6
     );
+    Ok(0)
+}
+
+pub fn mint(a: MintArgs) -> Result<i32> {
+    let key = keys::read(&a.keyed.key)?;
+    let c = a.keyed.ledger.client()?;
+    let amount = a
+        .amount
+        .checked_mul(splitup_protocol::USDC)
+        .context("--amount is too large")?;
+    c.send(&key, splitup_protocol::Instruction::Mint { to: a.to, amount })?;
+    println!("minted {} USDC to {}", a.amount, a.to.hex());
     Ok(0)
 }
 

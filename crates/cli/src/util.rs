@@ -8,6 +8,11 @@ use std::path::Path;
 /// Parses a size: `256MiB`, `12GiB`, `1.5GB`, `4096`, `8g` (bytes; binary
 /// units KiB/MiB/GiB/TiB and the single letters k/m/g/t are powers of 1024;
 /// KB/MB/GB/TB are powers of 1000).
+/// A public key: 64 lowercase hex digits.
+pub fn parse_pubkey(s: &str) -> Result<splitup_protocol::Pubkey, String> {
+    splitup_protocol::Pubkey::from_hex(s).ok_or_else(|| format!("{s:?} is not a public key (64 lowercase hex digits)"))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());

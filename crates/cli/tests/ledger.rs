@@ -28,7 +28,7 @@ fn start(data: &Path) -> Ledger {
 
 fn start_with(data: &Path, extra: &[&str]) -> Ledger {
     let mut child = Command::new(env!("CARGO_BIN_EXE_splitup"))
-        .args(["ledger", "start", "--listen", "127.0.0.1:0", "--data"])
+        .args(["ledger", "start", "--dev", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped())

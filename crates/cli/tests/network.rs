@@ -40,7 +40,7 @@ fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String)
 
 fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, String)]) -> (Proc, String) {
     let mut child = bin()
-        .args(["ledger", "start", "--listen", listen, "--data"])
+        .args(["ledger", "start", "--dev", "--listen", listen, "--data"])
         .arg(dir.join("ledger"))
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))

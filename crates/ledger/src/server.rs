@@ -34,8 +34,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Challenge probability at genesis (ignored when the data directory exists).
     pub challenge_ppm: u64,
-    /// A local network: the faucet mints on request.
-    pub local: bool,
+    /// A development network: the mint key lives in the data directory and
+    /// the faucet mints on request. Loopback addresses only.
+    pub dev: bool,
+    /// A public network's mint authority (its key is kept elsewhere); `None`
+    /// with `dev` false is refused.
+    pub mint_authority: Option<Pubkey>,
     /// Tests only: 2 s heartbeats and 10 s minimum task timeouts (ignored when the genesis exists).
     pub test_timeouts: bool,
     /// Tensors (inputs and task outputs) of finished executions are deleted
@@ -64,11 +68,12 @@ pub enum ServerError {
 pub struct Core {
     pub ledger: Ledger,
     beacon: VrfBeacon,
-    authority: Keypair,
+    /// The mint key: development networks only.
+    authority: Option<Keypair>,
     committee: Vec<Keypair>,
     log: Log,
     last_now: Millis,
-    local: bool,
+    dev: bool,
     last_seq: i64,
     snapshot_every: u64,
     since_snapshot: u64,
@@ -93,7 +98,39 @@ impl Core {
         std::fs::create_dir_all(&cfg.data)
             .map_err(|e| ServerError::Other(format!("cannot create {}: {e}", cfg.data.display())))?;
         let kd = cfg.data.join("keys");
-        let authority = keys::read_or_create(&kd.join("mint-authority.json"))?;
+        let mint_key = kd.join("mint-authority.json");
+        if cfg.dev && !cfg.listen.ip().is_loopback() {
+            return Err(ServerError::Other(format!(
+                "--dev keeps a mint key on disk and serves a faucet, so it listens on loopback addresses only, not {}",
+                cfg.listen
+            )));
+        }
+        if !cfg.dev && mint_key.exists() {
+            return Err(ServerError::Other(format!(
+                "{} is a development network (its mint key is in {}): start it with --dev",
+                cfg.data.display(),
+                mint_key.display()
+            )));
+        }
+        let authority = if cfg.dev {
+            Some(keys::read_or_create(&mint_key)?)
+        } else {
+            None
+        };
+        let mint_authority = match (&authority, cfg.mint_authority) {
+            (Some(k), None) => k.pubkey(),
+            (None, Some(p)) => p,
+            (Some(_), Some(_)) => {
+                return Err(ServerError::Other(
+                    "--mint-authority is for public networks; --dev makes its own mint key".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(ServerError::Other(
+                    "a public ledger needs --mint-authority PUBKEY (the key allowed to mint USDC, kept off this machine); for a development network on this machine use --dev".into(),
+                ))
+            }
+        };
         let committee: Vec<Keypair> = (0..3)
             .map(|i| keys::read_or_create(&kd.join(format!("committee-{i}.json"))))
             .collect::<Result<_, _>>()?;
@@ -120,7 +157,7 @@ impl Core {
                             ..Params::default()
                         }
                     },
-                    mint_authority: authority.pubkey(),
+                    mint_authority,
                     committee: [committee[0].pubkey(), committee[1].pubkey(), committee[2].pubkey()],
                     beacon: beacon.public_key(),
                 };
@@ -129,10 +166,17 @@ impl Core {
                 g
             }
         };
-        if genesis.beacon != beacon.public_key() || genesis.mint_authority != authority.pubkey() {
+        if genesis.beacon != beacon.public_key() {
             return Err(ServerError::Other(
                 "the keys in the data directory do not match its genesis".into(),
             ));
+        }
+        if genesis.mint_authority != mint_authority {
+            return Err(ServerError::Other(format!(
+                "this ledger's genesis names mint authority {}, not {}",
+                genesis.mint_authority.hex(),
+                mint_authority.hex()
+            )));
         }
         let genesis_ledger = Ledger::genesis(genesis).map_err(ServerError::Genesis)?;
         // The newest snapshot that reads back intact; a damaged one is reported and skipped.
@@ -177,7 +221,7 @@ impl Core {
             committee,
             log,
             last_now,
-            local: cfg.local,
+            dev: cfg.dev,
             last_seq,
             snapshot_every: cfg.snapshot_every.max(1),
             since_snapshot: replayed,
@@ -316,12 +360,12 @@ impl Core {
     }
 
     pub fn faucet(&mut self, to: Pubkey, amount: Micro) -> Result<(i64, Vec<Event>), ProtocolError> {
-        if !self.local {
+        let Some(authority) = self.authority.clone().filter(|_| self.dev) else {
             return Err(ProtocolError::Unauthorized(
-                "the faucet exists on local networks only".into(),
+                "the faucet exists on development networks only (splitup ledger start --dev)".into(),
             ));
-        }
-        let tx = self.sign(&self.authority.clone(), Instruction::Mint { to, amount });
+        };
+        let tx = self.sign(&authority, Instruction::Mint { to, amount });
         self.submit(tx)
     }
 }
@@ -440,7 +484,7 @@ async fn get_genesis(State(s): State<Shared>) -> Response {
         "mint_authority": l.mint_authority.hex(),
         "committee": l.committee.iter().map(|k| k.hex()).collect::<Vec<_>>(),
         "beacon": l.beacon.hex(),
-        "local": core.local,
+        "dev": core.dev,
     }))
     .into_response()
 }

@@ -32,14 +32,22 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 32 bytes from exactly 64 hex digits (keys, BLAKE3 hashes), or `None`.
+/// 32 bytes from exactly 64 lowercase hex digits (keys, BLAKE3 hashes), or
+/// `None`. Only the canonical form [`to_hex`] writes is accepted, so one
+/// value has one spelling (`+f`, `0F` and ` f` are refused).
 pub fn from_hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    let b = s.as_bytes();
+    if b.len() != 64 {
         return None;
     }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; 32];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        *o = digit(b[2 * i])? << 4 | digit(b[2 * i + 1])?;
     }
     Some(out)
 }
@@ -140,6 +148,18 @@ pub fn vrf_verify(key: &Pubkey, alpha: &[u8], proof: &VrfProof) -> Option<[u8; 6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_has_one_spelling() {
+        let k = [0x0fu8; 32];
+        assert_eq!(from_hex32(&to_hex(&k)), Some(k));
+        for bad in ["+f", "0F", " f", "-0", "f"] {
+            let s = format!("{bad:0<64}");
+            assert_eq!(from_hex32(&s[..64]), None, "{s:?}");
+        }
+        assert_eq!(from_hex32(&"é".repeat(32)), None);
+        assert_eq!(from_hex32(&"0".repeat(63)), None);
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
