@@ -153,7 +153,7 @@ mod tests {
     fn hex_has_one_spelling() {
         let k = [0x0fu8; 32];
         assert_eq!(from_hex32(&to_hex(&k)), Some(k));
-        for bad in ["+f", "0F", " f", "-0", "f"] {
+        for bad in ["+f", "0F", " f", "-0", "0x"] {
             let s = format!("{bad:0<64}");
             assert_eq!(from_hex32(&s[..64]), None, "{s:?}");
         }

@@ -94,6 +94,9 @@ pub struct TaskRun {
     pub outcome: Option<String>,
     /// While Ready with no eligible node: when the execution gives up.
     pub ready_deadline: Option<Millis>,
+    /// Nodes that reported this task unrunnable (`ReportUnrunnable`).
+    #[serde(default)]
+    pub unrunnable: Vec<Pubkey>,
 }
 
 impl TaskRun {
@@ -116,6 +119,7 @@ impl TaskRun {
             paid: false,
             outcome: None,
             ready_deadline: None,
+            unrunnable: vec![],
         }
     }
     /// Its output can feed downstream tasks (optimistically while challenged).
@@ -411,6 +415,15 @@ impl Ledger {
                 Ok(())
             }
             Instruction::Transfer { to, amount } => {
+                if *amount == 0 {
+                    return Err(ProtocolError::Invalid("a transfer moves at least 1 micro-USDC".into()));
+                }
+                if !self.accounts.contains_key(to) && *amount < self.params.account_min {
+                    return Err(ProtocolError::Invalid(format!(
+                        "a transfer that opens an account carries at least {} micro-USDC, not {amount}",
+                        self.params.account_min
+                    )));
+                }
                 let have = self.balance(&signer);
                 if have < *amount {
                     return Err(ProtocolError::InsufficientBalance {
@@ -515,6 +528,11 @@ impl Ledger {
                 Ok(())
             }
             Instruction::Leave => self.leave(signer, now, beacon),
+            Instruction::ReportUnrunnable {
+                execution,
+                task,
+                reason,
+            } => self.report_unrunnable(signer, *execution, *task, reason, now, beacon),
             Instruction::Fetched { execution } => {
                 let e = self
                     .executions
@@ -568,6 +586,19 @@ impl Ledger {
                 "a model needs 1 to {} tasks, not {n}",
                 self.params.tasks_per_model_max
             ));
+        }
+        self.check_model_size(def)?;
+        let fee = self
+            .params
+            .model_fee
+            .checked_add(self.params.model_fee_per_task.saturating_mul(n as u64))
+            .ok_or(ProtocolError::Overflow)?;
+        let have = self.balance(&signer);
+        if have < fee {
+            return Err(ProtocolError::InsufficientBalance {
+                needed: fee,
+                available: have,
+            });
         }
         for (i, t) in def.tasks.iter().enumerate() {
             let cost = self.task_cost(t);
@@ -641,6 +672,9 @@ impl Ledger {
                 return bad(format!("model output {k} is not produced exactly once"));
             }
         }
+        let treasury = add(self.treasury, fee)?;
+        self.accounts.entry(signer).or_default().balance = have - fee;
+        self.treasury = treasury;
         let id = self.next_model;
         self.next_model += 1;
         self.models.insert(
@@ -669,6 +703,16 @@ impl Ledger {
                 "at most {} supported tasks",
                 self.params.supported_interfaces_max
             )));
+        }
+        if !self.nodes.contains_key(&signer) {
+            let need = self.stake_required(vram);
+            let have = self.balance(&signer);
+            if have < need {
+                return Err(ProtocolError::InsufficientBalance {
+                    needed: need,
+                    available: have,
+                });
+            }
         }
         for (m, t) in supports {
             let model = self.models.get(m).ok_or_else(|| err_unknown("model", m))?;
@@ -740,7 +784,8 @@ impl Ledger {
         let prio = priority
             .saturating_mul(self.params.priority_fee)
             .min(self.params.priority_fee_max);
-        let total = add(escrow, prio)?;
+        let fee = add(prio, self.params.execution_fee)?;
+        let total = add(escrow, fee)?;
         let have = self.balance(&user);
         if have < total {
             return Err(ProtocolError::InsufficientBalance {
@@ -748,7 +793,7 @@ impl Ledger {
                 available: have,
             });
         }
-        let treasury = add(self.treasury, prio)?;
+        let treasury = add(self.treasury, fee)?;
         let ntasks = model.def.tasks.len();
         self.accounts.entry(user).or_default().balance = have - total;
         self.treasury = treasury;
@@ -772,6 +817,139 @@ impl Ledger {
         self.active.insert(id);
         self.events.push(Event::ExecutionSubmitted { execution: id, escrow });
         self.progress(id, now, beacon);
+        Ok(())
+    }
+
+    /// The bounds on a model's description (the DAG itself is checked by `register_model`).
+    fn check_model_size(&self, def: &ModelDef) -> Result<(), ProtocolError> {
+        let p = &self.params;
+        let bad = |m: String| Err(ProtocolError::InvalidModel(m));
+        if def.name.len() > p.name_bytes_max {
+            return bad(format!("the name is longer than {} bytes", p.name_bytes_max));
+        }
+        if def.connections.len() > p.connections_per_model_max {
+            return bad(format!(
+                "{} connections, at most {}",
+                def.connections.len(),
+                p.connections_per_model_max
+            ));
+        }
+        let specs = |what: String, v: &[TensorSpec]| -> Result<(), ProtocolError> {
+            if v.len() > p.tensors_per_task_max {
+                return bad(format!(
+                    "{what}: {} tensors, at most {}",
+                    v.len(),
+                    p.tensors_per_task_max
+                ));
+            }
+            for s in v {
+                if s.name.len() > p.name_bytes_max || s.dtype.len() > p.name_bytes_max {
+                    return bad(format!(
+                        "{what}: a tensor name or type is longer than {} bytes",
+                        p.name_bytes_max
+                    ));
+                }
+                if s.shape.len() > p.rank_max {
+                    return bad(format!(
+                        "{what}: tensor {:?} has rank {}, at most {}",
+                        s.name,
+                        s.shape.len(),
+                        p.rank_max
+                    ));
+                }
+            }
+            Ok(())
+        };
+        specs("model inputs".into(), &def.inputs)?;
+        specs("model outputs".into(), &def.outputs)?;
+        for (i, t) in def.tasks.iter().enumerate() {
+            specs(format!("task {} inputs", i + 1), &t.inputs)?;
+            specs(format!("task {} outputs", i + 1), &t.outputs)?;
+            if t.weight_uri.len() > p.uri_bytes_max {
+                return bad(format!(
+                    "task {}: weight URI longer than {} bytes",
+                    i + 1,
+                    p.uri_bytes_max
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ReportUnrunnable`: the assigned node hands the task back with its
+    /// reason; the task is reassigned to a node that has not reported it.
+    /// At `unrunnable_reports` distinct reporters the execution fails and
+    /// the model's owner pays each reporter the task's cost (as far as its
+    /// balance goes).
+    fn report_unrunnable(
+        &mut self,
+        node: Pubkey,
+        execution: u64,
+        task: u32,
+        reason: &str,
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        if reason.len() > self.params.reason_bytes_max {
+            return Err(ProtocolError::Invalid(format!(
+                "a reason is at most {} bytes",
+                self.params.reason_bytes_max
+            )));
+        }
+        let r = self.run_ref(execution, task)?;
+        if r.status != TaskStatus::Assigned || r.node != Some(node) {
+            return Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: "the task is not assigned to the signer".into(),
+            });
+        }
+        let t = task as usize - 1;
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.load = n.load.saturating_sub(1);
+        }
+        let e = self
+            .executions
+            .get_mut(&execution)
+            .ok_or_else(|| err_unknown("execution", execution))?;
+        let r = &mut e.tasks[t];
+        r.excluded.push(node);
+        if !r.unrunnable.contains(&node) {
+            r.unrunnable.push(node);
+        }
+        r.status = TaskStatus::Ready;
+        r.node = None;
+        let reporters = r.unrunnable.clone();
+        let model = e.model;
+        self.events.push(Event::Unrunnable {
+            execution,
+            task,
+            node,
+            reason: reason.to_string(),
+        });
+        if reporters.len() >= self.params.unrunnable_reports.max(1) as usize {
+            let cost = self.task_cost(&self.models[&model].def.tasks[t]);
+            let owner = self.models[&model].owner;
+            for rep in &reporters {
+                let have = self.balance(&owner);
+                let pay = cost.min(have);
+                if pay > 0 {
+                    self.accounts.entry(owner).or_default().balance = have - pay;
+                    let b = self.balance(rep).saturating_add(pay);
+                    self.accounts.entry(*rep).or_default().balance = b;
+                    if let Some(n) = self.nodes.get_mut(rep) {
+                        n.earned_total = n.earned_total.saturating_add(pay);
+                    }
+                }
+            }
+            let reason = format!(
+                "task {task} could not run on {} independent nodes; the last said: {reason}",
+                reporters.len()
+            );
+            self.fail_execution(execution, reason, now);
+        } else {
+            self.progress(execution, now, beacon);
+        }
         Ok(())
     }
 

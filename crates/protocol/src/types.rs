@@ -15,6 +15,7 @@ pub const PPM: u64 = 1_000_000;
 /// Genesis parameters. No floats anywhere: probabilities are parts per
 /// million, ratios are percentages, so a Solana program computes the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Params {
     /// Challenge probability p, parts per million (seed: 0.08).
     pub challenge_ppm: u64,
@@ -58,6 +59,24 @@ pub struct Params {
     pub uris_per_result_max: usize,
     pub uri_bytes_max: usize,
     pub supported_interfaces_max: usize,
+    /// Nothing that grows the state is free: registering a model costs
+    /// `model_fee` + `model_fee_per_task` per task, every execution pays
+    /// `execution_fee` on top of its escrow (both to the treasury), and a
+    /// transfer that creates an account carries at least `account_min`.
+    pub model_fee: Micro,
+    pub model_fee_per_task: Micro,
+    pub execution_fee: Micro,
+    pub account_min: Micro,
+    /// Independent nodes that must report a task unrunnable before its
+    /// execution fails (the model's owner pays each of them the task cost).
+    pub unrunnable_reports: u32,
+    /// Bounds on a model's description: names, tensors per task, rank, connections.
+    pub name_bytes_max: usize,
+    pub tensors_per_task_max: usize,
+    pub rank_max: usize,
+    pub connections_per_model_max: usize,
+    /// Longest reason a node may give for a task it cannot run.
+    pub reason_bytes_max: usize,
 }
 
 impl Default for Params {
@@ -89,6 +108,16 @@ impl Default for Params {
             uris_per_result_max: 64,
             uri_bytes_max: 2048,
             supported_interfaces_max: 4096,
+            model_fee: USDC,
+            model_fee_per_task: 10_000,
+            execution_fee: 1_000,
+            account_min: 100_000,
+            unrunnable_reports: 2,
+            name_bytes_max: 256,
+            tensors_per_task_max: 1024,
+            rank_max: 16,
+            connections_per_model_max: 65_536,
+            reason_bytes_max: 512,
         }
     }
 }
@@ -178,6 +207,17 @@ pub enum Instruction {
     /// validation it holds is handed back and reassigned at once, and it is
     /// not assigned more work until its next heartbeat.
     Leave,
+    /// The assigned node cannot run this task (it crashed, ran out of
+    /// memory, passed its wall-clock limit, or the gate refused the graph):
+    /// the task is handed back and reassigned to another node. Once
+    /// `unrunnable_reports` independent nodes said so, the execution fails,
+    /// the user's escrow is refunded, and the model's owner pays each
+    /// reporter the task's cost for the wasted work.
+    ReportUnrunnable {
+        execution: u64,
+        task: u32,
+        reason: String,
+    },
     /// The user of a finished execution has its outputs: the storage may
     /// delete the execution's tensors without waiting for the retention time.
     Fetched {
@@ -369,6 +409,13 @@ pub enum Event {
         task: u32,
         node: Pubkey,
         validation: bool,
+    },
+    /// A node reported a task it cannot run; it is reassigned elsewhere.
+    Unrunnable {
+        execution: u64,
+        task: u32,
+        node: Pubkey,
+        reason: String,
     },
     /// A candidate skipped during assignment, and why.
     Skipped {

@@ -83,6 +83,16 @@ impl World {
             now: 1_000,
         };
         let owner = w.actors[0].clone();
+        let auth = w.authority.clone();
+        // Registration costs a fee: the owner is funded first.
+        w.send(
+            &auth,
+            Instruction::Mint {
+                to: owner.pubkey(),
+                amount: 10 * USDC,
+            },
+        )
+        .unwrap();
         w.send(&owner, Instruction::RegisterModel(model())).unwrap();
         w
     }

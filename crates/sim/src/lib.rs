@@ -684,19 +684,20 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
     let check = |r: Result<Result<(), ProtocolError>, Failure>| -> Result<(), Failure> {
         r?.map_err(|e| fail(format!("setup refused: {e}")))
     };
-    check(sim.apply(Who::User, Instruction::RegisterModel(model)))?;
+    // Each execution escrows its tasks' costs and rewards and pays the execution fee.
     let escrow_each = 4
-        * (sim.ledger.task_cost(&sim.ledger.models[&1].def.tasks[0]) * (100 + cfg.params.verification_reward_pct)
-            / 100
-            + 1);
+        * (sim.ledger.task_cost(&model.tasks[0]) * (100 + cfg.params.verification_reward_pct) / 100 + 1)
+        + cfg.params.execution_fee;
+    let model_fee = cfg.params.model_fee + cfg.params.model_fee_per_task * model.tasks.len() as u64;
     let user_key = sim.user.0.pubkey();
     check(sim.apply(
         Who::Authority,
         Instruction::Mint {
             to: user_key,
-            amount: escrow_each * (cfg.executions as u64 + 1),
+            amount: escrow_each * (cfg.executions as u64 + 1) + model_fee,
         },
     ))?;
+    check(sim.apply(Who::User, Instruction::RegisterModel(model)))?;
     for i in 0..sim.nodes.len() {
         let vram = 8 * GB;
         let stake = sim.ledger.stake_required(vram) + 1_000 * USDC;
