@@ -4,6 +4,8 @@
 //! in-process committee of three oracle keys, and a content-addressed blob
 //! store served over HTTP.
 
+pub mod blobs;
+pub mod http;
 pub mod keys;
 pub mod log;
 pub mod server;

@@ -7,21 +7,22 @@
 //! aborts: the state in memory is ahead of the log, and a restart rebuilds it
 //! from the log, which holds exactly what was acknowledged.
 
-use crate::keys;
 use crate::log::{Entry, Log, LogError};
+use crate::{blobs, keys};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use splitup_protocol::state::Ledger;
 use splitup_protocol::*;
 use splitup_store::{Store, StoreError, BLOB_BYTES_MAX};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Largest signed instruction accepted (a model registration with many tasks fits).
 pub const TX_BYTES_MAX: usize = 1024 * 1024;
@@ -72,7 +73,7 @@ pub struct Core {
     authority: Option<Keypair>,
     committee: Vec<Keypair>,
     log: Log,
-    last_now: Millis,
+    pub(crate) last_now: Millis,
     dev: bool,
     last_seq: i64,
     snapshot_every: u64,
@@ -298,43 +299,6 @@ impl Core {
         self.react(&events);
     }
 
-    /// Blobs that finished executions no longer need: their input and every
-    /// task output, once the user fetched them or `retention_ms` has passed since they finished,
-    /// unless an unfinished execution or a model still refers to the same
-    /// content. Returns the hashes to delete and marks the executions done.
-    pub fn garbage(&mut self, retention_ms: Millis, collected: &mut std::collections::BTreeSet<u64>) -> Vec<String> {
-        let now = self.last_now;
-        let blob_of = |uri: &str| splitup_store::hash_of_uri(uri).to_string();
-        let mut keep: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        for m in self.ledger.models.values() {
-            for t in &m.def.tasks {
-                keep.insert(Pubkey(t.weight_hash).hex());
-                keep.insert(Pubkey(t.graph_hash).hex());
-            }
-        }
-        for id in &self.ledger.active {
-            let e = &self.ledger.executions[id];
-            keep.insert(Pubkey(e.input_commitment).hex());
-            for r in &e.tasks {
-                keep.extend(r.output_uris.iter().map(|u| blob_of(u)));
-            }
-        }
-        let mut out = Vec::new();
-        for (id, e) in &self.ledger.executions {
-            let Some(done) = e.finished_at else { continue };
-            if collected.contains(id) || (!e.fetched && now.saturating_sub(done) < retention_ms) {
-                continue;
-            }
-            collected.insert(*id);
-            let mut hashes = vec![Pubkey(e.input_commitment).hex()];
-            for r in &e.tasks {
-                hashes.extend(r.output_uris.iter().map(|u| blob_of(u)));
-            }
-            out.extend(hashes.into_iter().filter(|h| !keep.contains(h)));
-        }
-        out
-    }
-
     fn sign(&self, key: &Keypair, ix: Instruction) -> SignedTx {
         let nonce = self.ledger.accounts.get(&key.pubkey()).map(|a| a.nonce).unwrap_or(0);
         SignedTx::sign(key, nonce, ix)
@@ -370,15 +334,15 @@ impl Core {
     }
 }
 
-struct AppState {
-    core: Mutex<Core>,
-    blobs: Store,
-    collected: Mutex<std::collections::BTreeSet<u64>>,
+pub(crate) struct AppState {
+    pub(crate) core: Mutex<Core>,
+    pub(crate) blobs: Store,
+    pub(crate) collected: Mutex<std::collections::BTreeSet<u64>>,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
-fn error(status: StatusCode, code: u32, msg: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, code: u32, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into(), "code": code }))).into_response()
 }
 
@@ -410,7 +374,7 @@ async fn post_tx(State(s): State<Shared>, body: Bytes) -> Response {
             )
         }
     };
-    let mut core = s.core.lock().unwrap();
+    let mut core = s.core.lock();
     match core.submit(tx) {
         Ok((seq, events)) => accepted(seq, &events),
         Err(e) => protocol_error(e),
@@ -437,7 +401,7 @@ async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
             format!("amount_usdc must be 1 to {FAUCET_USDC_MAX}"),
         );
     }
-    let mut core = s.core.lock().unwrap();
+    let mut core = s.core.lock();
     match core.faucet(to, usdc * USDC) {
         Ok((seq, events)) => accepted(seq, &events),
         Err(e) => protocol_error(e),
@@ -445,7 +409,7 @@ async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn get_status(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let l = &core.ledger;
     Json(json!({
         "instructions": l.instructions,
@@ -465,7 +429,7 @@ async fn get_status(State(s): State<Shared>) -> Response {
 
 /// The slot clock: the block hash at the end of each recent slot that changed the state.
 async fn get_blockhashes(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let list: Vec<Value> = core
         .ledger
         .recent_blockhashes
@@ -477,7 +441,7 @@ async fn get_blockhashes(State(s): State<Shared>) -> Response {
 }
 
 async fn get_genesis(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let l = &core.ledger;
     Json(json!({
         "params": l.params,
@@ -493,7 +457,7 @@ async fn get_account(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> 
     let Some(k) = Pubkey::from_hex(&key) else {
         return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
     };
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let a = core.ledger.accounts.get(&k).cloned().unwrap_or_default();
     Json(json!({ "key": k.hex(), "balance": a.balance, "nonce": a.nonce, "node": core.ledger.nodes.get(&k).map(|n| node_view(&k, n)) })).into_response()
 }
@@ -514,7 +478,7 @@ fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> Value {
 }
 
 async fn get_nodes(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     Json(Value::Array(
         core.ledger.nodes.iter().map(|(k, n)| node_view(k, n)).collect(),
     ))
@@ -535,7 +499,7 @@ pub const LONG_POLL_MS_MAX: u64 = 30_000;
 
 async fn wait_for_change(s: &Shared, w: &Wait) {
     let Some(after) = w.after else { return };
-    let mut rx = s.core.lock().unwrap().changes.subscribe();
+    let mut rx = s.core.lock().changes.subscribe();
     let limit = std::time::Duration::from_millis(w.wait_ms.unwrap_or(10_000).min(LONG_POLL_MS_MAX));
     let _ = tokio::time::timeout(limit, rx.wait_for(|v| *v > after)).await;
 }
@@ -552,14 +516,14 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, 101, "execution ids are numbers");
     };
-    let finished = match s.core.lock().unwrap().ledger.executions.get(&id) {
+    let finished = match s.core.lock().ledger.executions.get(&id) {
         None => return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}")),
         Some(e) => e.status != ExecStatus::InProgress,
     };
     if !finished {
         wait_for_change(&s, &w).await;
     }
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let e = &core.ledger.executions[&id];
     let tasks: Vec<Value> = e
         .tasks
@@ -590,7 +554,7 @@ struct Limit {
 
 /// The most recent executions, newest first (`?limit=N`, default 20, at most 1000).
 async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let list: Vec<Value> = core
         .ledger
         .executions
@@ -609,7 +573,7 @@ async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Res
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, 101, "model ids are numbers");
     };
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     match core.ledger.models.get(&id) {
         Some(m) => Json(json!({ "id": id, "owner": m.owner.hex(), "active": m.active, "def": m.def })).into_response(),
         None => error(StatusCode::NOT_FOUND, 4, format!("unknown model {id}")),
@@ -617,7 +581,7 @@ async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Res
 }
 
 async fn get_models(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let list: Vec<Value> = core.ledger.models.iter().map(|(id, m)| json!({ "id": id, "name": m.def.name, "owner": m.owner.hex(), "active": m.active, "tasks": m.def.tasks.len() })).collect();
     Json(Value::Array(list)).into_response()
 }
@@ -627,11 +591,11 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
     let Some(k) = Pubkey::from_hex(&key) else {
         return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
     };
-    if !s.core.lock().unwrap().ledger.nodes.contains_key(&k) {
+    if !s.core.lock().ledger.nodes.contains_key(&k) {
         return error(StatusCode::NOT_FOUND, 4, format!("unknown node {}", k.hex()));
     }
     wait_for_change(&s, &w).await;
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let l = &core.ledger;
     let mut work = Vec::new();
     for id in &l.active {
@@ -654,7 +618,7 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
 
 /// Tasks in dispute, for the committee to re-execute and vote on.
 async fn get_disputes(State(s): State<Shared>) -> Response {
-    let core = s.core.lock().unwrap();
+    let core = s.core.lock();
     let l = &core.ledger;
     let mut out = Vec::new();
     for id in &l.active {
@@ -667,34 +631,6 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
         }
     }
     Json(Value::Array(out)).into_response()
-}
-
-fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::BadName(_) | StoreError::Mismatch { .. } | StoreError::TooLarge { .. } => {
-            error(StatusCode::BAD_REQUEST, 102, e.to_string())
-        }
-        StoreError::Missing(_) => error(StatusCode::NOT_FOUND, 4, e.to_string()),
-        // The backing store failed (or holds damaged bytes we refuse to serve).
-        _ => error(StatusCode::BAD_GATEWAY, 502, e.to_string()),
-    }
-}
-
-/// The ledger's store over HTTP, for nodes and clients on other hosts: PUT
-/// and GET check content against the name both ways.
-async fn put_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, body: Bytes) -> Response {
-    let n = body.len();
-    match s.blobs.put(&hash, body).await {
-        Ok(()) => Json(json!({ "ok": true, "blake3": hash, "bytes": n })).into_response(),
-        Err(e) => store_error(e),
-    }
-}
-
-async fn get_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>) -> Response {
-    match s.blobs.get(&hash).await {
-        Ok(bytes) => bytes.into_response(),
-        Err(e) => store_error(e),
-    }
 }
 
 fn router(core: Core, blobs: Store) -> (Router, Shared) {
@@ -719,9 +655,9 @@ fn router(core: Core, blobs: Store) -> (Router, Shared) {
         .route("/v1/models/{id}", get(get_model))
         .route(
             "/v1/blobs/{hash}",
-            put(put_blob)
+            put(blobs::put_blob)
                 .layer(DefaultBodyLimit::max(BLOB_BYTES_MAX as usize))
-                .get(get_blob),
+                .get(blobs::get_blob),
         )
         .with_state(state.clone());
     (r, state)
@@ -767,19 +703,10 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
             let mut n: u64 = 0;
             loop {
                 every.tick().await;
-                state.core.lock().unwrap().tick();
+                state.core.lock().tick();
                 n += 1;
                 if n.is_multiple_of(5) {
-                    let garbage = state
-                        .core
-                        .lock()
-                        .unwrap()
-                        .garbage(retention_ms, &mut state.collected.lock().unwrap());
-                    for h in garbage {
-                        if let Err(e) = state.blobs.remove(&h).await {
-                            eprintln!("warning: garbage collection: {e}");
-                        }
-                    }
+                    blobs::collect(&state, retention_ms).await;
                 }
             }
         })
@@ -793,12 +720,11 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
             _ = term.recv() => {},
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    crate::http::serve(listener, app, shutdown)
         .await
         .map_err(|e| ServerError::Other(e.to_string()))?;
     ticker.abort();
     // A clean stop leaves a snapshot of the final state: the next start replays nothing.
-    state.core.lock().unwrap().snapshot();
+    state.core.lock().snapshot();
     Ok(())
 }
