@@ -7,6 +7,7 @@
 //! (fixed-point ppm and percentages), no threads: the same rules can run in
 //! the embedded ledger and in a Solana program.
 
+pub mod api;
 pub mod crypto;
 pub mod state;
 pub mod types;
