@@ -185,6 +185,15 @@ pub struct LedgerStartArgs {
     /// with its key file, kept off this machine). Required without --dev.
     #[arg(long, value_name = "PUBKEY", value_parser = util::parse_pubkey)]
     pub mint_authority: Option<splitup_protocol::Pubkey>,
+    /// Signed instructions per second one client address may send (bursts of twice that).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_address: u32,
+    /// Signed instructions per second one key may sign (bursts of four times that).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_key: u32,
+    /// TEST ONLY: the rules panic after applying a transfer of exactly this many micro-USDC.
+    #[arg(long, hide = true)]
+    pub test_panic_on_transfer: Option<u64>,
     /// TEST ONLY: 2 s heartbeats and 10 s task timeouts at genesis.
     #[arg(long, hide = true)]
     pub test_timeouts: bool,

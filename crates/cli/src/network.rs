@@ -24,6 +24,17 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         challenge_ppm: (a.p * 1e6).round() as u64,
         dev: a.dev,
         mint_authority: a.mint_authority,
+        limits: splitup_ledger::limits::Rates {
+            per_address: splitup_ledger::limits::Rate {
+                per_sec: a.rate_per_address,
+                burst: a.rate_per_address.saturating_mul(2),
+            },
+            per_key: splitup_ledger::limits::Rate {
+                per_sec: a.rate_per_key,
+                burst: a.rate_per_key.saturating_mul(4),
+            },
+        },
+        test_panic_on_transfer: a.test_panic_on_transfer,
         test_timeouts: a.test_timeouts,
         retention_ms: a.retention_secs.saturating_mul(1000),
         snapshot_every: a.snapshot_every,

@@ -382,3 +382,80 @@ fn work_and_execution_reads_long_poll_until_the_state_changes() {
     let r = http().get(format!("{path}?after=soon")).send().unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[test]
+fn a_panic_in_the_rules_fails_only_that_request_and_applies_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let poison = 777_777u64;
+    let l = start_with(d.path(), &["--test-panic-on-transfer", &poison.to_string()]);
+    let (alice, bob) = (keys::generate(), keys::generate());
+    faucet(&l, &alice, 100);
+    faucet(&l, &bob, 1);
+    let before = (balance(&l, &alice), balance(&l, &bob), nonce(&l, &alice));
+    let tx = SignedTx::sign(
+        &alice,
+        before.2,
+        Instruction::Transfer {
+            to: bob.pubkey(),
+            amount: poison,
+        },
+    );
+    let (s, v) = send(&l, &tx);
+    assert_eq!(s, 500, "{v}");
+    assert_eq!(v["code"], 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not applied"), "{v}");
+    // The half-applied transfer was rolled back to what the log holds.
+    assert_eq!((balance(&l, &alice), balance(&l, &bob), nonce(&l, &alice)), before);
+    // The ledger keeps serving: the next instruction (same nonce) is applied.
+    transfer_ring(&l, &[alice.clone(), bob.clone()], 2);
+    assert_eq!(balance(&l, &alice), before.0);
+    assert_eq!(nonce(&l, &alice), before.2 + 1);
+    // And a restart agrees with what was acknowledged.
+    let (a, b) = (balance(&l, &alice), balance(&l, &bob));
+    drop(l);
+    let l = start(d.path());
+    assert_eq!((balance(&l, &alice), balance(&l, &bob)), (a, b));
+}
+
+#[test]
+fn a_key_over_its_rate_gets_429_and_nothing_it_sent_is_applied() {
+    let d = tempfile::tempdir().unwrap();
+    let l = start_with(d.path(), &["--rate-per-key", "1"]);
+    let (alice, bob) = (keys::generate(), keys::generate());
+    faucet(&l, &alice, 100);
+    faucet(&l, &bob, 1);
+    let start_nonce = nonce(&l, &alice);
+    let (mut ok, mut limited) = (0u64, 0u64);
+    for i in 0..12 {
+        let tx = SignedTx::sign(
+            &alice,
+            start_nonce + ok,
+            Instruction::Transfer {
+                to: bob.pubkey(),
+                amount: USDC + i,
+            },
+        );
+        let r = http()
+            .post(format!("{}/v1/tx", l.url))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&tx).unwrap())
+            .send()
+            .unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert!(r.headers().contains_key("retry-after"));
+                let v: Value = r.json().unwrap();
+                assert_eq!(v["code"], 429, "{v}");
+                limited += 1;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(limited > 0, "12 instructions in a burst of 4 were all accepted");
+    // A burst of 4, one of them spent by the faucet grant to alice.
+    assert!(ok >= 3, "the burst was refused: {ok} accepted");
+    assert_eq!(nonce(&l, &alice), start_nonce + ok, "a refused instruction was applied");
+    // Another key is not limited by alice's rate.
+    transfer_ring(&l, &[bob.clone(), alice.clone()], 1);
+}

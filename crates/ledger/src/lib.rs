@@ -7,5 +7,6 @@
 pub mod blobs;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod server;

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use splitup_protocol::api::*;
 use splitup_protocol::state::Ledger;
 use splitup_protocol::*;
 use splitup_store::{Store, StoreError, BLOB_BYTES_MAX};
@@ -50,6 +50,11 @@ pub struct Config {
     pub snapshot_every: u64,
     /// The blob store's URL (see `splitup_store`); `None`: `DATA/blobs` on the local disk.
     pub store: Option<String>,
+    /// Requests per second (and burst) allowed per client address and per signing key.
+    pub limits: crate::limits::Rates,
+    /// Tests only: the rules "panic" after applying a transfer of exactly this
+    /// many micro-USDC (before it is durable), to show a panic fails only its request.
+    pub test_panic_on_transfer: Option<Micro>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,9 @@ pub struct Core {
     log: Log,
     pub(crate) last_now: Millis,
     dev: bool,
+    genesis: Genesis,
+    /// Tests only: panic inside `submit` after applying a transfer of this amount.
+    test_panic_on_transfer: Option<Micro>,
     last_seq: i64,
     snapshot_every: u64,
     since_snapshot: u64,
@@ -90,6 +98,46 @@ fn wall_ms() -> Millis {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
         .unwrap_or(0)
+}
+
+/// The state the log proves: the newest snapshot that reads back intact
+/// (a damaged one is reported and skipped) plus the entries after it,
+/// replayed. Returns (the snapshot's entry or 0, the clock, the state, entries replayed).
+fn restore_state(
+    log: &Log,
+    genesis_ledger: Ledger,
+    beacon: &VrfBeacon,
+) -> Result<(i64, Millis, Ledger, u64), ServerError> {
+    // The newest snapshot that reads back intact; a damaged one is reported and skipped.
+    let mut start = None;
+    for (seq, now, body) in log.snapshots()? {
+        match Ledger::restore(&body) {
+            Ok(l) if l.params == genesis_ledger.params && l.beacon == genesis_ledger.beacon => {
+                start = Some((seq, now, l));
+                break;
+            }
+            Ok(_) => eprintln!("warning: snapshot at log entry {seq} belongs to another genesis; skipped"),
+            Err(e) => eprintln!("warning: snapshot at log entry {seq}: {e}; skipped"),
+        }
+    }
+    let (after, mut last_now, mut ledger) = start.unwrap_or((0, 0, genesis_ledger));
+    let replayed = log.replay(after, |_, e| {
+        match e {
+            Entry::Tx { now, tx } => {
+                ledger
+                    .submit(&tx, now, beacon)
+                    .map_err(|e| format!("a logged instruction is now rejected: {e}"))?;
+                last_now = now;
+            }
+            Entry::Tick { now } => {
+                ledger.tick(now, beacon);
+                last_now = now;
+            }
+        }
+        ledger.poll_events();
+        Ok(())
+    })?;
+    Ok((after, last_now, ledger, replayed))
 }
 
 impl Core {
@@ -179,36 +227,8 @@ impl Core {
                 mint_authority.hex()
             )));
         }
-        let genesis_ledger = Ledger::genesis(genesis).map_err(ServerError::Genesis)?;
-        // The newest snapshot that reads back intact; a damaged one is reported and skipped.
-        let mut start = None;
-        for (seq, now, body) in log.snapshots()? {
-            match Ledger::restore(&body) {
-                Ok(l) if l.params == genesis_ledger.params && l.beacon == genesis_ledger.beacon => {
-                    start = Some((seq, now, l));
-                    break;
-                }
-                Ok(_) => eprintln!("warning: snapshot at log entry {seq} belongs to another genesis; skipped"),
-                Err(e) => eprintln!("warning: snapshot at log entry {seq}: {e}; skipped"),
-            }
-        }
-        let (after, mut last_now, mut ledger) = start.unwrap_or((0, 0, genesis_ledger));
-        let replayed = log.replay(after, |_, e| {
-            match e {
-                Entry::Tx { now, tx } => {
-                    ledger
-                        .submit(&tx, now, &beacon)
-                        .map_err(|e| format!("a logged instruction is now rejected: {e}"))?;
-                    last_now = now;
-                }
-                Entry::Tick { now } => {
-                    ledger.tick(now, &beacon);
-                    last_now = now;
-                }
-            }
-            ledger.poll_events();
-            Ok(())
-        })?;
+        let genesis_ledger = Ledger::genesis(genesis.clone()).map_err(ServerError::Genesis)?;
+        let (after, last_now, ledger, replayed) = restore_state(&log, genesis_ledger, &beacon)?;
         let restored = if after > 0 {
             format!("snapshot at log entry {after} + {replayed} entries replayed")
         } else {
@@ -223,6 +243,8 @@ impl Core {
             log,
             last_now,
             dev: cfg.dev,
+            genesis,
+            test_panic_on_transfer: cfg.test_panic_on_transfer,
             last_seq,
             snapshot_every: cfg.snapshot_every.max(1),
             since_snapshot: replayed,
@@ -254,6 +276,19 @@ impl Core {
         }
     }
 
+    /// Replaces the state in memory by the one the log proves (after a panic
+    /// left it possibly half-changed).
+    pub fn rebuild(&mut self) -> Result<(), ServerError> {
+        let genesis_ledger = Ledger::genesis(self.genesis.clone()).map_err(ServerError::Genesis)?;
+        let (_, last_now, ledger, replayed) = restore_state(&self.log, genesis_ledger, &self.beacon)?;
+        self.ledger = ledger;
+        self.last_now = self.last_now.max(last_now);
+        self.last_seq = self.log.last_seq()?;
+        self.since_snapshot = replayed;
+        self.changes.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
     /// Stores the state as of the last log entry. A failure only costs a
     /// longer replay at the next start, so it is reported, not fatal.
     pub fn snapshot(&mut self) {
@@ -271,6 +306,11 @@ impl Core {
     pub fn submit(&mut self, tx: SignedTx) -> Result<(i64, Vec<Event>), ProtocolError> {
         let now = self.now();
         self.ledger.submit(&tx, now, &self.beacon)?;
+        if let (Instruction::Transfer { amount, .. }, Some(p)) = (&tx.ix, self.test_panic_on_transfer) {
+            if *amount == p {
+                panic!("injected test panic after applying a transfer of {amount}");
+            }
+        }
         let seq = self.durable(&Entry::Tx { now, tx: Box::new(tx) });
         self.changes.send_modify(|v| *v += 1);
         let events = self.ledger.poll_events();
@@ -338,12 +378,35 @@ pub(crate) struct AppState {
     pub(crate) core: Mutex<Core>,
     pub(crate) blobs: Store,
     pub(crate) collected: Mutex<std::collections::BTreeSet<u64>>,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 pub(crate) type Shared = Arc<AppState>;
 
+/// The client's address, when the server loop records it (`ConnectInfo`).
+pub(crate) struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Peer, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 pub(crate) fn error(status: StatusCode, code: u32, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": msg.into(), "code": code }))).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: msg.into(),
+            code,
+        }),
+    )
+        .into_response()
 }
 
 fn protocol_error(e: ProtocolError) -> Response {
@@ -359,11 +422,57 @@ fn protocol_error(e: ProtocolError) -> Response {
     error(status, e.code(), e.to_string())
 }
 
-fn accepted(seq: i64, events: &[Event]) -> Response {
-    Json(json!({ "ok": true, "seq": seq, "events": events })).into_response()
+/// The answer to an instruction the core applied (or refused, or panicked on).
+fn applied(r: Applied) -> Response {
+    match r {
+        Ok(Ok((seq, events))) => Json(TxAccepted { ok: true, seq, events }).into_response(),
+        Ok(Err(e)) => protocol_error(e),
+        Err(Internal(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, 500, msg),
+    }
 }
 
-async fn post_tx(State(s): State<Shared>, body: Bytes) -> Response {
+/// A panic inside the rules, contained: the request fails, the state is
+/// rebuilt from the log, and the ledger keeps serving.
+pub struct Internal(pub String);
+
+type Applied = Result<Result<(i64, Vec<Event>), ProtocolError>, Internal>;
+
+/// Runs `f` on the core on a blocking thread (the rules and the log's fsync
+/// must not stall the async executor). A panic in `f` fails only this
+/// request: the state, which may be half-changed, is rebuilt from the log,
+/// which holds exactly what was acknowledged.
+async fn with_core(
+    s: &Shared,
+    f: impl FnOnce(&mut Core) -> Result<(i64, Vec<Event>), ProtocolError> + Send + 'static,
+) -> Applied {
+    let s = s.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut core = s.core.lock();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut core))) {
+            Ok(r) => Ok(r),
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                eprintln!("error: the rules panicked on a request ({what}); rebuilding the state from the log");
+                if let Err(e) = core.rebuild() {
+                    // The state in memory cannot be trusted and cannot be rebuilt: stop.
+                    eprintln!("fatal: cannot rebuild the state from the log: {e}");
+                    std::process::abort();
+                }
+                Err(Internal(format!(
+                    "the ledger failed on this request ({what}); it was not applied"
+                )))
+            }
+        }
+    })
+    .await;
+    joined.unwrap_or_else(|e| Err(Internal(format!("the request's worker failed: {e}"))))
+}
+
+async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     let tx: SignedTx = match serde_json::from_slice(&body) {
         Ok(tx) => tx,
         Err(e) => {
@@ -374,26 +483,24 @@ async fn post_tx(State(s): State<Shared>, body: Bytes) -> Response {
             )
         }
     };
-    let mut core = s.core.lock();
-    match core.submit(tx) {
-        Ok((seq, events)) => accepted(seq, &events),
-        Err(e) => protocol_error(e),
+    if let Some(r) = s.limits.check(peer.0, Some(tx.signer)) {
+        return r;
     }
+    applied(with_core(&s, move |core| core.submit(tx)).await)
 }
 
-async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
-    let v: Value = match serde_json::from_slice(&body) {
+async fn post_faucet(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
+    let req: FaucetRequest = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, 100, format!("malformed JSON: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                101,
+                format!("expected {{\"to\": PUBKEY (64 lowercase hex digits), \"amount_usdc\": N}}: {e}"),
+            )
+        }
     };
-    let Some(to) = v.get("to").and_then(|t| t.as_str()).and_then(Pubkey::from_hex) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            101,
-            "\"to\" must be a public key (64 hex digits)",
-        );
-    };
-    let usdc = v.get("amount_usdc").and_then(|a| a.as_u64()).unwrap_or(1000);
+    let usdc = req.amount_usdc.unwrap_or(1000);
     if usdc == 0 || usdc > FAUCET_USDC_MAX {
         return error(
             StatusCode::BAD_REQUEST,
@@ -401,88 +508,102 @@ async fn post_faucet(State(s): State<Shared>, body: Bytes) -> Response {
             format!("amount_usdc must be 1 to {FAUCET_USDC_MAX}"),
         );
     }
-    let mut core = s.core.lock();
-    match core.faucet(to, usdc * USDC) {
-        Ok((seq, events)) => accepted(seq, &events),
-        Err(e) => protocol_error(e),
+    if let Some(r) = s.limits.check(peer.0, Some(req.to)) {
+        return r;
     }
+    applied(with_core(&s, move |core| core.faucet(req.to, usdc * USDC)).await)
 }
 
 async fn get_status(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
-    Json(json!({
-        "instructions": l.instructions,
-        "blockhash": Pubkey(l.blockhash).hex(),
-        "now_ms": core.last_now,
-        "slot": core.last_now / splitup_protocol::state::SLOT_MS,
-        "accounts": l.accounts.len(),
-        "nodes": l.nodes.len(),
-        "models": l.models.len(),
-        "executions": l.executions.len(),
-        "supply": l.supply,
-        "treasury": l.treasury,
-        "store": s.blobs.url(),
-    }))
+    Json(Status {
+        instructions: l.instructions,
+        blockhash: l.blockhash,
+        now_ms: core.last_now,
+        slot: core.last_now / splitup_protocol::state::SLOT_MS,
+        accounts: l.accounts.len(),
+        nodes: l.nodes.len(),
+        models: l.models.len(),
+        executions: l.executions.len(),
+        supply: l.supply,
+        treasury: l.treasury,
+        store: s.blobs.url().to_string(),
+    })
     .into_response()
 }
 
 /// The slot clock: the block hash at the end of each recent slot that changed the state.
 async fn get_blockhashes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
-    let list: Vec<Value> = core
+    let list: Vec<SlotHash> = core
         .ledger
         .recent_blockhashes
         .iter()
         .rev()
-        .map(|(slot, h)| json!({ "slot": slot, "blockhash": Pubkey(*h).hex() }))
+        .map(|(slot, h)| SlotHash {
+            slot: *slot,
+            blockhash: *h,
+        })
         .collect();
-    Json(Value::Array(list)).into_response()
+    Json(list).into_response()
 }
 
 async fn get_genesis(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
-    Json(json!({
-        "params": l.params,
-        "mint_authority": l.mint_authority.hex(),
-        "committee": l.committee.iter().map(|k| k.hex()).collect::<Vec<_>>(),
-        "beacon": l.beacon.hex(),
-        "dev": core.dev,
-    }))
+    Json(GenesisView {
+        params: l.params.clone(),
+        mint_authority: l.mint_authority,
+        committee: l.committee.to_vec(),
+        beacon: l.beacon,
+        dev: core.dev,
+    })
     .into_response()
+}
+
+fn bad_key() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        101,
+        "not a public key (64 lowercase hex digits)",
+    )
 }
 
 async fn get_account(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
     let Some(k) = Pubkey::from_hex(&key) else {
-        return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
+        return bad_key();
     };
     let core = s.core.lock();
     let a = core.ledger.accounts.get(&k).cloned().unwrap_or_default();
-    Json(json!({ "key": k.hex(), "balance": a.balance, "nonce": a.nonce, "node": core.ledger.nodes.get(&k).map(|n| node_view(&k, n)) })).into_response()
+    Json(AccountView {
+        key: k,
+        balance: a.balance,
+        nonce: a.nonce,
+        node: core.ledger.nodes.get(&k).map(|n| node_view(&k, n)),
+    })
+    .into_response()
 }
 
-fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> Value {
-    json!({
-        "key": k.hex(),
-        "vram": n.vram,
-        "stake": n.stake,
-        "status": format!("{:?}", n.status),
-        "suspect": n.suspect,
-        "load": n.load,
-        "last_heartbeat_ms": n.last_heartbeat,
-        "supports": n.supports,
-        "slashed_total": n.slashed_total,
-        "earned_total": n.earned_total,
-    })
+fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> NodeView {
+    NodeView {
+        key: *k,
+        vram: n.vram,
+        stake: n.stake,
+        status: format!("{:?}", n.status),
+        suspect: n.suspect,
+        load: n.load,
+        last_heartbeat_ms: n.last_heartbeat,
+        supports: n.supports.iter().copied().collect(),
+        slashed_total: n.slashed_total,
+        earned_total: n.earned_total,
+    }
 }
 
 async fn get_nodes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
-    Json(Value::Array(
-        core.ledger.nodes.iter().map(|(k, n)| node_view(k, n)).collect(),
-    ))
-    .into_response()
+    let list: Vec<NodeView> = core.ledger.nodes.iter().map(|(k, n)| node_view(k, n)).collect();
+    Json(list).into_response()
 }
 
 /// `?after=V&wait_ms=N`: answer once the state has changed since version
@@ -512,9 +633,13 @@ fn versioned(core: &Core, r: Response) -> Response {
     r
 }
 
+fn bad_id(what: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, 101, format!("{what} ids are numbers"))
+}
+
 async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, 101, "execution ids are numbers");
+        return bad_id("execution");
     };
     let finished = match s.core.lock().ledger.executions.get(&id) {
         None => return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}")),
@@ -524,27 +649,37 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
         wait_for_change(&s, &w).await;
     }
     let core = s.core.lock();
-    let e = &core.ledger.executions[&id];
-    let tasks: Vec<Value> = e
+    let Some(e) = core.ledger.executions.get(&id) else {
+        return error(StatusCode::NOT_FOUND, 4, format!("unknown execution {id}"));
+    };
+    let tasks: Vec<TaskView> = e
         .tasks
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            json!({
-                "task": i + 1,
-                "status": format!("{:?}", r.status),
-                "node": r.node.map(|n| n.hex()),
-                "attempts": r.attempts,
-                "timeouts": r.failures,
-                "challenged": r.challenged,
-                "validator": r.validator.map(|v| v.hex()),
-                "outcome": r.outcome,
-                "commitment": r.commitment.map(|c| Pubkey(c).hex()),
-                "output_uris": r.output_uris,
-            })
+        .zip(1u32..)
+        .map(|(r, task)| TaskView {
+            task,
+            status: format!("{:?}", r.status),
+            node: r.node,
+            attempts: r.attempts,
+            timeouts: r.failures,
+            challenged: r.challenged,
+            validator: r.validator,
+            outcome: r.outcome.clone(),
+            commitment: r.commitment,
+            output_uris: r.output_uris.clone(),
         })
         .collect();
-    versioned(&core, Json(json!({ "id": id, "model": e.model, "user": e.user.hex(), "input": Pubkey(e.input_commitment).hex(), "status": e.status, "escrow": e.escrow, "fetched": e.fetched, "tasks": tasks })).into_response())
+    let view = ExecutionView {
+        id,
+        model: e.model,
+        user: e.user,
+        input: e.input_commitment,
+        status: e.status.clone(),
+        escrow: e.escrow,
+        fetched: e.fetched,
+        tasks,
+    };
+    versioned(&core, Json(view).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -555,41 +690,65 @@ struct Limit {
 /// The most recent executions, newest first (`?limit=N`, default 20, at most 1000).
 async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Response {
     let core = s.core.lock();
-    let list: Vec<Value> = core
+    let list: Vec<ExecutionSummary> = core
         .ledger
         .executions
         .iter()
         .rev()
         .take(q.limit.unwrap_or(20).min(1000))
-        .map(|(id, e)| {
-            let done = e.tasks.iter().filter(|r| r.status == TaskStatus::Completed).count();
-            json!({ "id": id, "model": e.model, "user": e.user.hex(), "status": e.status, "tasks": e.tasks.len(), "completed": done, "submitted_ms": e.submitted_at, "finished_ms": e.finished_at, "fetched": e.fetched })
+        .map(|(id, e)| ExecutionSummary {
+            id: *id,
+            model: e.model,
+            user: e.user,
+            status: e.status.clone(),
+            tasks: e.tasks.len(),
+            completed: e.tasks.iter().filter(|r| r.status == TaskStatus::Completed).count(),
+            submitted_ms: e.submitted_at,
+            finished_ms: e.finished_at,
+            fetched: e.fetched,
         })
         .collect();
-    Json(Value::Array(list)).into_response()
+    Json(list).into_response()
 }
 
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, 101, "model ids are numbers");
+        return bad_id("model");
     };
     let core = s.core.lock();
     match core.ledger.models.get(&id) {
-        Some(m) => Json(json!({ "id": id, "owner": m.owner.hex(), "active": m.active, "def": m.def })).into_response(),
+        Some(m) => Json(ModelView {
+            id,
+            owner: m.owner,
+            active: m.active,
+            def: m.def.clone(),
+        })
+        .into_response(),
         None => error(StatusCode::NOT_FOUND, 4, format!("unknown model {id}")),
     }
 }
 
 async fn get_models(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
-    let list: Vec<Value> = core.ledger.models.iter().map(|(id, m)| json!({ "id": id, "name": m.def.name, "owner": m.owner.hex(), "active": m.active, "tasks": m.def.tasks.len() })).collect();
-    Json(Value::Array(list)).into_response()
+    let list: Vec<ModelSummary> = core
+        .ledger
+        .models
+        .iter()
+        .map(|(id, m)| ModelSummary {
+            id: *id,
+            name: m.def.name.clone(),
+            owner: m.owner,
+            active: m.active,
+            tasks: m.def.tasks.len(),
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 /// What a node must do now: tasks assigned to it, and challenges it validates.
 async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Some(k) = Pubkey::from_hex(&key) else {
-        return error(StatusCode::BAD_REQUEST, 101, "not a public key (64 hex digits)");
+        return bad_key();
     };
     if !s.core.lock().ledger.nodes.contains_key(&k) {
         return error(StatusCode::NOT_FOUND, 4, format!("unknown node {}", k.hex()));
@@ -599,21 +758,28 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
     let l = &core.ledger;
     let mut work = Vec::new();
     for id in &l.active {
-        let e = &l.executions[id];
-        for (i, r) in e.tasks.iter().enumerate() {
+        let Some(e) = l.executions.get(id) else { continue };
+        for (r, task) in e.tasks.iter().zip(1u32..) {
             let kind = match r.status {
-                TaskStatus::Assigned if r.node == Some(k) => "compute",
-                TaskStatus::Challenged if r.validator == Some(k) && r.validator_commitment.is_none() => "validate",
+                TaskStatus::Assigned if r.node == Some(k) => WorkKind::Compute,
+                TaskStatus::Challenged if r.validator == Some(k) && r.validator_commitment.is_none() => {
+                    WorkKind::Validate
+                }
                 _ => continue,
             };
-            // A validator is told which committed result it checks.
-            let commitment = (kind == "validate")
-                .then(|| r.commitment.map(|c| Pubkey(c).hex()))
-                .flatten();
-            work.push(json!({ "execution": id, "model": e.model, "task": i + 1, "kind": kind, "attempt": r.attempts, "deadline_ms": r.deadline, "commitment": commitment }));
+            work.push(WorkItem {
+                execution: *id,
+                model: e.model,
+                task,
+                kind,
+                attempt: r.attempts,
+                deadline_ms: r.deadline,
+                // A validator is told which committed result it checks.
+                commitment: if kind == WorkKind::Validate { r.commitment } else { None },
+            });
         }
     }
-    versioned(&core, Json(Value::Array(work)).into_response())
+    versioned(&core, Json(work).into_response())
 }
 
 /// Tasks in dispute, for the committee to re-execute and vote on.
@@ -622,22 +788,29 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
     let l = &core.ledger;
     let mut out = Vec::new();
     for id in &l.active {
-        let e = &l.executions[id];
-        for (i, r) in e.tasks.iter().enumerate() {
+        let Some(e) = l.executions.get(id) else { continue };
+        for (r, task) in e.tasks.iter().zip(1u32..) {
             if r.status == TaskStatus::Disputed {
-                let voters: Vec<String> = r.votes.keys().map(|k| k.hex()).collect();
-                out.push(json!({ "execution": id, "model": e.model, "task": i + 1, "asserter": r.node.map(|n| n.hex()), "commitment": r.commitment.map(|c| Pubkey(c).hex()), "voters": voters }));
+                out.push(DisputeView {
+                    execution: *id,
+                    model: e.model,
+                    task,
+                    asserter: r.node,
+                    commitment: r.commitment,
+                    voters: r.votes.keys().copied().collect(),
+                });
             }
         }
     }
-    Json(Value::Array(out)).into_response()
+    Json(out).into_response()
 }
 
-fn router(core: Core, blobs: Store) -> (Router, Shared) {
+fn router(core: Core, blobs: Store, rates: crate::limits::Rates) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
         collected: Mutex::new(Default::default()),
+        limits: crate::limits::Limits::new(rates),
     });
     let r = Router::new()
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
@@ -682,7 +855,7 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         ))?,
     };
     let blobs_url = blobs.url().to_string();
-    let (app, state) = router(core, blobs);
+    let (app, state) = router(core, blobs, cfg.limits);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -703,7 +876,13 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
             let mut n: u64 = 0;
             loop {
                 every.tick().await;
-                state.core.lock().tick();
+                // Deadlines run (and are made durable) off the async executor;
+                // a panic there fails this tick only (see `with_core`).
+                let _ = with_core(&state, |core| {
+                    core.tick();
+                    Ok((0, vec![]))
+                })
+                .await;
                 n += 1;
                 if n.is_multiple_of(5) {
                     blobs::collect(&state, retention_ms).await;
