@@ -194,6 +194,9 @@ pub struct LedgerStartArgs {
     /// TEST ONLY: the rules panic after applying a transfer of exactly this many micro-USDC.
     #[arg(long, hide = true)]
     pub test_panic_on_transfer: Option<u64>,
+    /// TEST ONLY: register models without checking their blobs against their declarations.
+    #[arg(long, hide = true)]
+    pub test_unchecked_registrations: bool,
     /// TEST ONLY: 2 s heartbeats and 10 s task timeouts at genesis.
     #[arg(long, hide = true)]
     pub test_timeouts: bool,

@@ -332,13 +332,13 @@ pub fn execute(
 }
 
 /// Prepares the whole (unsplit) model as one session.
+/// Loads the unsplit model after the same gate every task passes
+/// (`check_runnable`: allow-list, no external data, bounded loops, versions).
 pub fn prepare_model(g: &Graph, rt: &dyn Runtime) -> Result<Box<dyn Session>, RunError> {
-    Ok(rt.load(&prost_encode(g))?)
-}
-
-fn prost_encode(g: &Graph) -> Vec<u8> {
+    let proto = g.to_proto(true);
+    splitup_graph::model::check_runnable(&proto).map_err(|e| RunError::Inputs(format!("the model is refused: {e}")))?;
     use prost::Message;
-    g.to_proto(true).encode_to_vec()
+    Ok(rt.load(&proto.encode_to_vec())?)
 }
 
 /// Runs the unsplit model, checking inputs by the same rules as a plan.

@@ -96,11 +96,23 @@ pub fn resolve(model: &mut ModelProto, dir: &Path) -> Result<u64, String> {
                 &format!("external data exceeds {EXTERNAL_BYTES_MAX} bytes"),
             ));
         }
-        let file_len = std::fs::metadata(&real)
-            .map_err(|e| bad(&t.name, &e.to_string()))?
-            .len();
-        if !std::fs::metadata(&real).map(|m| m.is_file()).unwrap_or(false) {
+        let meta = std::fs::metadata(&real).map_err(|e| bad(&t.name, &e.to_string()))?;
+        let file_len = meta.len();
+        if !meta.is_file() {
             return Err(bad(&t.name, &format!("{location:?} is not a regular file")));
+        }
+        // Secrets (SplitUp key files, SSH keys) are private to their owner;
+        // weights are not. A model must not turn a secret into a weight.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o044 == 0 {
+                return Err(bad(
+                    &t.name,
+                    &format!("{location:?} is private to its owner (mode {mode:o}), as secrets and key files are; weights are never read from such a file (chmod a+r it if it really holds weights)"),
+                ));
+            }
         }
         let end = offset
             .checked_add(need)

@@ -126,6 +126,7 @@ impl Graph {
         if !model.functions.is_empty() {
             return Err(allow::NotAllowed::Functions.into());
         }
+        check_versions(&model)?;
         let g = model.graph.ok_or(LoadError::NoGraph)?;
         if !g.sparse_initializer.is_empty() {
             return Err(invalid("sparse initializers are not supported"));
@@ -342,10 +343,38 @@ impl Graph {
 /// `Loop` bounded by a constant trip count of at most
 /// [`crate::shape::LOOP_TRIPS_MAX`]. It copies nothing, so it is cheap on
 /// large tasks.
+/// The newest ONNX IR version the pinned ONNX Runtime (1.31) loads.
+pub const IR_VERSION_MAX: i64 = 13;
+/// The newest default-domain opset the pinned ONNX Runtime supports.
+pub const OPSET_MAX: i64 = 26;
+
+/// Versions the runtime cannot load are refused by name, with the fix
+/// (`onnx` 1.23 writes IR 14 by default).
+pub fn check_versions(model: &ModelProto) -> Result<(), LoadError> {
+    if model.ir_version > IR_VERSION_MAX {
+        return Err(invalid(format!(
+            "the model has ONNX IR version {}; ONNX Runtime loads versions up to {IR_VERSION_MAX} (save it with `model.ir_version = {IR_VERSION_MAX}` or onnx.helper.make_model(..., ir_version={IR_VERSION_MAX}))",
+            model.ir_version
+        )));
+    }
+    if let Some(o) = model
+        .opset_import
+        .iter()
+        .find(|o| (o.domain.is_empty() || o.domain == "ai.onnx") && o.version > OPSET_MAX)
+    {
+        return Err(invalid(format!(
+            "the model imports ONNX opset {}; ONNX Runtime supports opsets up to {OPSET_MAX} (convert it with onnx.version_converter.convert_version(model, {OPSET_MAX}))",
+            o.version
+        )));
+    }
+    Ok(())
+}
+
 pub fn check_runnable(model: &ModelProto) -> Result<(), LoadError> {
     if !model.functions.is_empty() {
         return Err(allow::NotAllowed::Functions.into());
     }
+    check_versions(model)?;
     let g = model.graph.as_ref().ok_or(LoadError::NoGraph)?;
     check_graph_runnable(g, &HashMap::new())
 }

@@ -601,4 +601,21 @@ mod tests {
         let e = join_weights(&model(vec![lp("n")], vec![]), &no_weights()).unwrap_err();
         assert!(e.1.contains("trip count"), "{}", e.1);
     }
+
+    #[test]
+    fn the_gate_refuses_versions_the_runtime_cannot_load() {
+        let mut m = ModelProto::decode(model(vec![], vec![]).as_slice()).unwrap();
+        assert!(join_weights(&m.encode_to_vec(), &no_weights()).is_ok());
+        m.ir_version = 14;
+        let e = join_weights(&m.encode_to_vec(), &no_weights()).unwrap_err();
+        assert!(
+            e.1.contains("IR version 14") && e.1.contains("ir_version=13"),
+            "{}",
+            e.1
+        );
+        m.ir_version = 8;
+        m.opset_import[0].version = 27;
+        let e = join_weights(&m.encode_to_vec(), &no_weights()).unwrap_err();
+        assert!(e.1.contains("opset 27"), "{}", e.1);
+    }
 }

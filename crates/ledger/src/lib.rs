@@ -4,6 +4,7 @@
 //! in-process committee of three oracle keys, and a content-addressed blob
 //! store served over HTTP.
 
+pub mod admit;
 pub mod blobs;
 pub mod http;
 pub mod keys;

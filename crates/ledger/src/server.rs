@@ -55,6 +55,9 @@ pub struct Config {
     /// Tests only: the rules "panic" after applying a transfer of exactly this
     /// many micro-USDC (before it is durable), to show a panic fails only its request.
     pub test_panic_on_transfer: Option<Micro>,
+    /// Tests only: register models without checking their blobs (to show
+    /// that nodes contain what a lax or bypassed check lets through).
+    pub test_unchecked_registrations: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +382,8 @@ pub(crate) struct AppState {
     pub(crate) blobs: Store,
     pub(crate) collected: Mutex<std::collections::BTreeSet<u64>>,
     pub(crate) limits: crate::limits::Limits,
+    /// `RegisterModel` is checked against its blobs (`admit`); off only in tests.
+    pub(crate) check_registrations: bool,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -485,6 +490,22 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     };
     if let Some(r) = s.limits.check(peer.0, Some(tx.signer)) {
         return r;
+    }
+    if let Instruction::RegisterModel(def) = &tx.ix {
+        // Checked (blobs, gate, declared figures) before the rules see it;
+        // a forged registration costs no reads.
+        if !splitup_protocol::crypto::verify_signature(
+            &tx.signer,
+            &SignedTx::message(&tx.signer, tx.nonce, &tx.ix),
+            &tx.signature,
+        ) {
+            return protocol_error(ProtocolError::BadSignature);
+        }
+        if s.check_registrations {
+            if let Err(why) = crate::admit::check_model(def, &s.blobs).await {
+                return protocol_error(ProtocolError::InvalidModel(why));
+            }
+        }
     }
     applied(with_core(&s, move |core| core.submit(tx)).await)
 }
@@ -805,12 +826,13 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
     Json(out).into_response()
 }
 
-fn router(core: Core, blobs: Store, rates: crate::limits::Rates) -> (Router, Shared) {
+fn router(core: Core, blobs: Store, rates: crate::limits::Rates, check_registrations: bool) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
         collected: Mutex::new(Default::default()),
         limits: crate::limits::Limits::new(rates),
+        check_registrations,
     });
     let r = Router::new()
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
@@ -855,7 +877,7 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         ))?,
     };
     let blobs_url = blobs.url().to_string();
-    let (app, state) = router(core, blobs, cfg.limits);
+    let (app, state) = router(core, blobs, cfg.limits, !cfg.test_unchecked_registrations);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;

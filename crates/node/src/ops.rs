@@ -24,6 +24,21 @@ pub fn deploy(
     files: &BTreeMap<String, Vec<u8>>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<u64> {
+    let def = upload_plan(c, m, files, progress)?;
+    let events = c.send(key, Instruction::RegisterModel(def))?;
+    events
+        .iter()
+        .find_map(|e| e.get("ModelRegistered").and_then(|m| m["model"].as_u64()))
+        .context("the ledger did not report a model id")
+}
+
+/// Uploads a plan's files; returns the model's description for `RegisterModel`.
+pub fn upload_plan(
+    c: &Client,
+    m: &Manifest,
+    files: &BTreeMap<String, Vec<u8>>,
+    progress: &dyn Fn(usize, usize),
+) -> Result<ModelDef> {
     let mut tasks = Vec::new();
     for (i, t) in m.tasks.iter().enumerate() {
         let graph = files
@@ -43,8 +58,8 @@ pub fn deploy(
             inputs: t.inputs.iter().map(spec).collect(),
             outputs: t.outputs.iter().map(spec).collect(),
             weight_uri: c.blob_uri(&wh),
-            weight_hash: unhex32(&wh).unwrap(),
-            graph_hash: unhex32(&gh).unwrap(),
+            weight_hash: unhex32(&wh).context("the store named a blob by a non-hash")?,
+            graph_hash: unhex32(&gh).context("the store named a blob by a non-hash")?,
         });
         progress(i + 1, m.tasks.len());
     }
@@ -64,11 +79,7 @@ pub fn deploy(
             })
             .collect(),
     };
-    let events = c.send(key, Instruction::RegisterModel(def))?;
-    events
-        .iter()
-        .find_map(|e| e.get("ModelRegistered").and_then(|m| m["model"].as_u64()))
-        .context("the ledger did not report a model id")
+    Ok(def)
 }
 
 /// Uploads the inputs (one safetensors blob) and submits an execution; returns its id.
