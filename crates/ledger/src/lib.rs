@@ -4,6 +4,7 @@
 //! in-process committee of three oracle keys, and a content-addressed blob
 //! store served over HTTP.
 
+pub mod head;
 pub mod keys;
 pub mod log;
 pub mod server;
