@@ -3,8 +3,9 @@
 //! and snapshots of the state, each naming the last log entry it includes.
 //! On start the state is the newest readable snapshot plus the entries after
 //! it, replayed through the deterministic state machine (the whole log when
-//! there is no readable snapshot). The log itself is never truncated: it is
-//! the audit trail every snapshot can be checked against.
+//! there is no readable snapshot). The log itself is never truncated (but by
+//! the recovery function [`Log::truncate_to_verified`], which no command
+//! calls): it is the audit trail every snapshot can be checked against.
 //!
 //! The log proves itself:
 //! - **Hash chain.** Each row carries `chain = BLAKE3(previous chain ‖ seq ‖
@@ -923,9 +924,8 @@ mod tests {
         assert_eq!(Log::open(&db_path(&d)).unwrap().last_seq().unwrap(), 2);
     }
 
-    /// The cost of the head file: `cargo test -p splitup-ledger --release
-    /// append_cost -- --ignored --nocapture`. Prints timings, asserts nothing
-    /// about them.
+    /// The cost of the head file: `cargo test -p splitup-ledger append_cost
+    /// -- --ignored --nocapture`. Prints timings, asserts nothing about them.
     #[test]
     #[ignore]
     fn append_cost() {
