@@ -6,6 +6,7 @@
 
 pub mod admit;
 pub mod blobs;
+pub mod head;
 pub mod http;
 pub mod keys;
 pub mod limits;
