@@ -326,6 +326,8 @@ fn kill_9_during_a_stream_of_submits_loses_no_acknowledged_instruction() {
     for c in &clients {
         faucet(&l, c, 10);
     }
+    // The sink exists first: a transfer that opens an account must carry 0.1 USDC.
+    faucet(&l, &sink, 1);
     let total = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = clients
         .iter()
@@ -368,7 +370,7 @@ fn kill_9_during_a_stream_of_submits_loses_no_acknowledged_instruction() {
         assert_eq!(balance, 10 * USDC - nonce * amount);
         moved += nonce * amount;
     }
-    assert_eq!(account(&l, &sink).0, moved);
+    assert_eq!(account(&l, &sink).0, USDC + moved);
     let entries = get(&l, "/v1/status")["instructions"].as_u64().unwrap();
     drop(l);
     // The chain and the head verify on their own, too.
