@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use splitup_protocol::state::Ledger;
 use splitup_protocol::*;
-use splitup_store::{Store, StoreError, BLOB_BYTES_MAX};
+use splitup_store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +50,14 @@ pub struct Config {
     pub snapshot_every: u64,
     /// The blob store's URL (see `splitup_store`); `None`: `DATA/blobs` on the local disk.
     pub store: Option<String>,
+    /// Bytes a node with stake may upload through `/v1/blobs` per rolling
+    /// 24 h ([`blobs::UPLOAD_QUOTA_NODE`] by default), and any other account
+    /// ([`blobs::UPLOAD_QUOTA_ACCOUNT`]).
+    pub upload_quota_node: u64,
+    pub upload_quota_account: u64,
+    /// A blob that no model and no live execution refers to is deleted once
+    /// it is this old (usually `retention_ms`).
+    pub orphan_ttl_ms: Millis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +346,7 @@ pub(crate) struct AppState {
     pub(crate) core: Mutex<Core>,
     pub(crate) blobs: Store,
     pub(crate) collected: Mutex<std::collections::BTreeSet<u64>>,
+    pub(crate) access: blobs::Access,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -633,11 +642,12 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
     Json(Value::Array(out)).into_response()
 }
 
-fn router(core: Core, blobs: Store) -> (Router, Shared) {
+fn router(core: Core, blobs: Store, access: blobs::Access) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
         collected: Mutex::new(Default::default()),
+        access,
     });
     let r = Router::new()
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
@@ -653,12 +663,8 @@ fn router(core: Core, blobs: Store) -> (Router, Shared) {
         .route("/v1/executions", get(get_executions))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/models/{id}", get(get_model))
-        .route(
-            "/v1/blobs/{hash}",
-            put(blobs::put_blob)
-                .layer(DefaultBodyLimit::max(BLOB_BYTES_MAX as usize))
-                .get(blobs::get_blob),
-        )
+        // Streamed bodies: the store's limit and the upload quota apply, not a body limit.
+        .route("/v1/blobs/{hash}", put(blobs::put_blob).get(blobs::get_blob))
         .with_state(state.clone());
     (r, state)
 }
@@ -682,7 +688,8 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         ))?,
     };
     let blobs_url = blobs.url().to_string();
-    let (app, state) = router(core, blobs);
+    let access = blobs::Access::new(cfg.upload_quota_node, cfg.upload_quota_account, cfg.orphan_ttl_ms);
+    let (app, state) = router(core, blobs, access);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
