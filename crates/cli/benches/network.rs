@@ -115,6 +115,8 @@ fn main() {
         &serde_json::json!({ "to": user.pubkey().hex(), "amount_usdc": 10_000 }),
     )
     .unwrap();
+    // The user's key signs its blob uploads and reads.
+    let c = c.signed_by(user.clone());
     let blobs: BTreeMap<String, Vec<u8>> = files.files.into_iter().collect();
     let model = splitup_node::ops::deploy(&c, &user, &files.manifest, &blobs, &|_, _| {}).unwrap();
     for i in 0..4 {

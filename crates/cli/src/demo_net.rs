@@ -139,6 +139,8 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     crate::commands::print_plan(&files.manifest);
 
     let user = keys::generate();
+    // The user's key signs its blob uploads and reads.
+    let client = client.signed_by(user.clone());
     client.post(
         "/v1/faucet",
         &serde_json::json!({ "to": user.pubkey().hex(), "amount_usdc": 100 }),

@@ -120,9 +120,10 @@ pub struct FetchArgs {
     pub execution: u64,
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
-    /// The submitter's key file: once the outputs are written, acknowledge
-    /// them so the storage deletes the execution's tensors without waiting
-    /// for the retention time.
+    /// The submitter's key file: it signs the reads (required unless --store
+    /// reads the store directly), and once the outputs are written they are
+    /// acknowledged so the storage deletes the execution's tensors without
+    /// waiting for the retention time.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
 }

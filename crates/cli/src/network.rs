@@ -40,6 +40,9 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         retention_ms: a.retention_secs.saturating_mul(1000),
         snapshot_every: a.snapshot_every,
         store: a.store,
+        upload_quota_node: splitup_ledger::blobs::UPLOAD_QUOTA_NODE,
+        upload_quota_account: splitup_ledger::blobs::UPLOAD_QUOTA_ACCOUNT,
+        orphan_ttl_ms: a.retention_secs.saturating_mul(1000),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(server::serve_with(cfg, move |addr| {
@@ -134,7 +137,7 @@ pub fn nodes(a: LedgerUrl) -> Result<i32> {
 
 pub fn deploy(a: DeployArgs) -> Result<i32> {
     let key = keys::read(&a.keyed.key)?;
-    let c = a.keyed.ledger.client()?;
+    let c = a.keyed.ledger.client()?.signed_by(key.clone());
     let (g, b) = crate::commands::load_model(&a.model)?;
     if !g.is_materialised() {
         bail!(
@@ -162,7 +165,7 @@ pub fn deploy(a: DeployArgs) -> Result<i32> {
 
 pub fn submit(a: SubmitArgs) -> Result<i32> {
     let key = keys::read(&a.keyed.key)?;
-    let c = a.keyed.ledger.client()?;
+    let c = a.keyed.ledger.client()?.signed_by(key.clone());
     let inputs = crate::util::read_inputs(&a.inputs)?;
     let id = splitup_node::ops::submit(&c, &key, a.model, &inputs, a.priority)?;
     println!("execution {id}");
@@ -275,13 +278,20 @@ pub fn status(a: StatusArgs) -> Result<i32> {
 }
 
 pub fn fetch(a: FetchArgs) -> Result<i32> {
-    let c = a.ledger.client()?;
+    let key = a.key.as_deref().map(keys::read).transpose()?;
+    let c = match (&key, &a.ledger.store) {
+        (Some(k), _) => a.ledger.client()?.signed_by(k.clone()),
+        (None, Some(_)) => a.ledger.client()?,
+        (None, None) => bail!(
+            "reading an execution's tensors through the ledger takes the submitter's key: give --key FILE (or --store URL to read the store directly)"
+        ),
+    };
     let outputs = splitup_node::ops::fetch(&c, a.execution)?;
     for p in crate::util::write_outputs(&a.output, &outputs)? {
         println!("wrote {}", p.display());
     }
-    if let Some(k) = &a.key {
-        acknowledge(&c, &keys::read(k)?, a.execution)?;
+    if let Some(k) = &key {
+        acknowledge(&c, k, a.execution)?;
     }
     Ok(0)
 }
@@ -347,7 +357,10 @@ fn committee(url: String, data: std::path::PathBuf) {
         Ok(k) => k,
         Err(e) => return eprintln!("committee disabled: {e}"),
     };
-    let Ok(c) = Client::new(&url) else { return };
+    // Blob reads (the task's graph, weights and inputs) are signed by a committee key.
+    let Ok(c) = Client::new(&url).map(|c| c.signed_by(members[0].clone())) else {
+        return;
+    };
     let mut rt: Option<splitup_exec::OrtRuntime> = None;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(300));

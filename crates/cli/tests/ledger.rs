@@ -168,33 +168,35 @@ fn bad_requests_get_clear_4xx_and_change_nothing() {
     let dereg = SignedTx::sign(&alice, nonce(&l, &alice), Instruction::DeactivateModel { model: 42 });
     let (s, v) = send(&l, &dereg);
     assert_eq!((s, v["code"].as_u64()), (404, Some(4)), "{v}");
-    // Blobs whose hash does not match their content.
+    // Blobs whose hash does not match their content (blob requests are signed: tests/blobs.rs).
     let data = b"task weights".to_vec();
     let hash = blake3::hash(&data).to_hex().to_string();
     let wrong = blake3::hash(b"other").to_hex().to_string();
-    let r = http()
-        .put(format!("{}/v1/blobs/{wrong}", l.url))
-        .body(data.clone())
-        .send()
-        .unwrap();
+    let blob = |method: reqwest::Method, hash: &str| {
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            + 60_000;
+        let msg = splitup_protocol::crypto::blob_request_message(method.as_str(), hash, expires);
+        http()
+            .request(method, format!("{}/v1/blobs/{hash}", l.url))
+            .header("x-splitup-key", alice.pubkey().hex())
+            .header("x-splitup-expires", expires.to_string())
+            .header(
+                "x-splitup-signature",
+                splitup_protocol::crypto::to_hex(&alice.sign(&msg)),
+            )
+    };
+    let r = blob(reqwest::Method::PUT, &wrong).body(data.clone()).send().unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    assert_eq!(
-        get(&l, &format!("/v1/blobs/{wrong}")).0,
-        404,
+    assert!(
+        !d.path().join("blobs").join(&wrong).exists(),
         "a refused blob is not stored"
     );
-    let r = http()
-        .put(format!("{}/v1/blobs/{hash}", l.url))
-        .body(data.clone())
-        .send()
-        .unwrap();
+    let r = blob(reqwest::Method::PUT, &hash).body(data.clone()).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let back = http()
-        .get(format!("{}/v1/blobs/{hash}", l.url))
-        .send()
-        .unwrap()
-        .bytes()
-        .unwrap();
+    let back = blob(reqwest::Method::GET, &hash).send().unwrap().bytes().unwrap();
     assert_eq!(back.as_ref(), data.as_slice());
     assert_eq!(get(&l, "/v1/blobs/..%2F..%2Fetc%2Fpasswd").0, 400);
 

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use splitup_protocol::api::*;
 use splitup_protocol::state::Ledger;
 use splitup_protocol::*;
-use splitup_store::{Store, StoreError, BLOB_BYTES_MAX};
+use splitup_store::{Store, StoreError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,6 +58,14 @@ pub struct Config {
     /// Tests only: register models without checking their blobs (to show
     /// that nodes contain what a lax or bypassed check lets through).
     pub test_unchecked_registrations: bool,
+    /// Bytes a node with stake may upload through `/v1/blobs` per rolling
+    /// 24 h ([`blobs::UPLOAD_QUOTA_NODE`] by default), and any other account
+    /// ([`blobs::UPLOAD_QUOTA_ACCOUNT`]).
+    pub upload_quota_node: u64,
+    pub upload_quota_account: u64,
+    /// A blob that no model and no live execution refers to is deleted once
+    /// it is this old (usually `retention_ms`).
+    pub orphan_ttl_ms: Millis,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -384,6 +392,7 @@ pub(crate) struct AppState {
     pub(crate) limits: crate::limits::Limits,
     /// `RegisterModel` is checked against its blobs (`admit`); off only in tests.
     pub(crate) check_registrations: bool,
+    pub(crate) access: blobs::Access,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -826,13 +835,20 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
     Json(out).into_response()
 }
 
-fn router(core: Core, blobs: Store, rates: crate::limits::Rates, check_registrations: bool) -> (Router, Shared) {
+fn router(
+    core: Core,
+    blobs: Store,
+    rates: crate::limits::Rates,
+    check_registrations: bool,
+    access: blobs::Access,
+) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
         blobs,
         collected: Mutex::new(Default::default()),
         limits: crate::limits::Limits::new(rates),
         check_registrations,
+        access,
     });
     let r = Router::new()
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
@@ -848,12 +864,8 @@ fn router(core: Core, blobs: Store, rates: crate::limits::Rates, check_registrat
         .route("/v1/executions", get(get_executions))
         .route("/v1/executions/{id}", get(get_execution))
         .route("/v1/models/{id}", get(get_model))
-        .route(
-            "/v1/blobs/{hash}",
-            put(blobs::put_blob)
-                .layer(DefaultBodyLimit::max(BLOB_BYTES_MAX as usize))
-                .get(blobs::get_blob),
-        )
+        // Streamed bodies: the store's limit and the upload quota apply, not a body limit.
+        .route("/v1/blobs/{hash}", put(blobs::put_blob).get(blobs::get_blob))
         .with_state(state.clone());
     (r, state)
 }
@@ -877,7 +889,8 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
         ))?,
     };
     let blobs_url = blobs.url().to_string();
-    let (app, state) = router(core, blobs, cfg.limits, !cfg.test_unchecked_registrations);
+    let access = blobs::Access::new(cfg.upload_quota_node, cfg.upload_quota_account, cfg.orphan_ttl_ms);
+    let (app, state) = router(core, blobs, cfg.limits, !cfg.test_unchecked_registrations, access);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;

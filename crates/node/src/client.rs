@@ -8,8 +8,17 @@ use splitup_store::BlockingStore;
 pub struct Client {
     base: String,
     http: reqwest::blocking::Client,
-    store: BlockingStore,
+    /// `Some`: blobs are read and written in this store directly (its own
+    /// credentials apply); `None`: through the ledger's `/v1/blobs`, signed.
+    store: Option<BlockingStore>,
+    /// The key that signs blob requests to the ledger.
+    key: Option<Keypair>,
 }
+
+/// How long a signed blob request stays valid (the ledger takes at most 10 min).
+const BLOB_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+/// A whole blob moves within one request: allow a large one time.
+const BLOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Client {
     /// A client of the ledger at `base` whose blobs go through the ledger's
@@ -20,7 +29,8 @@ impl Client {
 
     /// As [`Client::new`], with blobs read and written directly in the store
     /// `store` names (`s3://…`, `gs://…`, `file://…`, `http(s)://…`), which
-    /// must be the ledger's.
+    /// must be the ledger's; the store's own credentials (`AWS_*`,
+    /// `GOOGLE_*`) then decide who reads and writes, not the ledger.
     pub fn with_store(base: &str, store: Option<&str>) -> Result<Client> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -29,9 +39,20 @@ impl Client {
         let http = reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()?;
-        let url = store.map(str::to_string).unwrap_or_else(|| format!("{base}/v1/blobs"));
-        let store = BlockingStore::open(&url)?;
-        Ok(Client { base, http, store })
+        let store = store.map(BlockingStore::open).transpose()?;
+        Ok(Client {
+            base,
+            http,
+            store,
+            key: None,
+        })
+    }
+
+    /// This client, signing its blob requests to the ledger with `key`: the
+    /// ledger lets a key upload if it is a node or a funded account, and read
+    /// what it is a party to (see `splitup_ledger::blobs`).
+    pub fn signed_by(self, key: Keypair) -> Client {
+        Client { key: Some(key), ..self }
     }
 
     pub fn base(&self) -> &str {
@@ -40,7 +61,32 @@ impl Client {
 
     /// The URI a blob stored through this client has.
     pub fn blob_uri(&self, hash: &str) -> String {
-        self.store.store().uri(hash)
+        match &self.store {
+            Some(s) => s.store().uri(hash),
+            None => format!("{}/v1/blobs/{hash}", self.base),
+        }
+    }
+
+    /// A blob request to the ledger's store, signed by this client's key.
+    fn blob_request(&self, method: reqwest::Method, hash: &str) -> Result<reqwest::blocking::RequestBuilder> {
+        let Some(key) = &self.key else {
+            bail!(
+                "blob requests to the ledger are signed, and this client has no key (give --key FILE, or --store URL to use the store directly)"
+            );
+        };
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d + BLOB_REQUEST_TTL).as_millis() as u64)
+            .unwrap_or(0);
+        let msg = splitup_protocol::crypto::blob_request_message(method.as_str(), hash, expires);
+        let sig = splitup_protocol::crypto::to_hex(&key.sign(&msg));
+        Ok(self
+            .http
+            .request(method, format!("{}/v1/blobs/{hash}", self.base))
+            .timeout(BLOB_TIMEOUT)
+            .header("x-splitup-key", key.pubkey().hex())
+            .header("x-splitup-expires", expires.to_string())
+            .header("x-splitup-signature", sig))
     }
 
     fn check(
@@ -108,11 +154,38 @@ impl Client {
 
     /// Uploads a blob; returns its hash.
     pub fn put_blob(&self, bytes: Vec<u8>) -> Result<String> {
-        self.store.put(bytes).context("upload")
+        if let Some(s) = &self.store {
+            return s.put(bytes).context("upload");
+        }
+        let hash = splitup_store::hash_of(&bytes);
+        let r = self.blob_request(reqwest::Method::PUT, &hash)?.body(bytes).send();
+        self.check(&format!("upload of blob {hash}"), r)?;
+        Ok(hash)
     }
 
     /// Downloads a blob, checking its content against its name.
     pub fn get_blob(&self, hash: &str) -> Result<Vec<u8>> {
-        Ok(self.store.get(hash).context("download")?.to_vec())
+        if let Some(s) = &self.store {
+            return Ok(s.get(hash).context("download")?.to_vec());
+        }
+        if !splitup_store::is_hash(hash) {
+            bail!("{hash:?} is not a blob name (a BLAKE3 hash)");
+        }
+        let r = self.blob_request(reqwest::Method::GET, hash)?.send();
+        let r = self.check(&format!("download of blob {hash}"), r)?;
+        let size = r.content_length().unwrap_or(0);
+        if size > splitup_store::BLOB_BYTES_MAX {
+            bail!("blob {hash} is {size} bytes, over the store's limit");
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        use std::io::Read;
+        r.take(splitup_store::BLOB_BYTES_MAX + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("download of blob {hash}"))?;
+        let actual = splitup_store::hash_of(&bytes);
+        if actual != hash {
+            bail!("download of blob {hash}: the content hashes to {actual}");
+        }
+        Ok(bytes)
     }
 }

@@ -90,7 +90,7 @@ impl Cache {
 }
 
 pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> {
-    let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?;
+    let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?.signed_by(cfg.key.clone());
     let me = cfg.key.pubkey();
     let genesis = c.get("/v1/genesis")?;
     let p = &genesis["params"];

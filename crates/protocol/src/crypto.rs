@@ -81,6 +81,32 @@ pub fn verify_signature(key: &Pubkey, msg: &[u8], sig: &[u8; 64]) -> bool {
         .is_ok()
 }
 
+/// Longest a signed blob request may stay valid: its expiry is at most this
+/// far ahead of the ledger's clock.
+pub const BLOB_REQUEST_TTL_MAX_MS: u64 = 10 * 60 * 1000;
+
+/// The bytes a blob request (`PUT` or `GET` on a ledger's `/v1/blobs/{hash}`)
+/// signs: a domain tag, the method, the blob's hash (64 hex digits) and the
+/// expiry (ms since the Unix epoch), one per line. The tag keeps such a
+/// signature from ever being a valid instruction signature, and the other way
+/// round. Sent as `x-splitup-key` (signer, hex), `x-splitup-expires` (decimal)
+/// and `x-splitup-signature` (hex).
+pub fn blob_request_message(method: &str, hash: &str, expires_ms: u64) -> Vec<u8> {
+    format!("splitup-blob-request-v1\n{method}\n{hash}\n{expires_ms}").into_bytes()
+}
+
+/// 64 bytes from exactly 128 lowercase hex digits (a signature), or `None`.
+pub fn from_hex64(s: &str) -> Option<[u8; 64]> {
+    if s.len() != 128 || !s.is_char_boundary(64) {
+        return None;
+    }
+    let (a, b) = s.split_at(64);
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&from_hex32(a)?);
+    out[32..].copy_from_slice(&from_hex32(b)?);
+    Some(out)
+}
+
 /// A VRF proof (RFC 9381 ECVRF-EDWARDS25519-SHA512-TAI): 80 bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrfProof(pub Vec<u8>);
@@ -195,6 +221,28 @@ mod tests {
         bad.0[40] ^= 1;
         assert!(vrf_verify(&b.public_key(), b"execution 1 task 2", &bad).is_none());
         assert!(vrf_verify(&b.public_key(), b"execution 1 task 2", &VrfProof(vec![0; 3])).is_none());
+    }
+
+    #[test]
+    fn blob_requests_sign_method_hash_and_expiry() {
+        let k = Keypair::from_seed([3; 32]);
+        let h = "ab".repeat(32);
+        let sig = k.sign(&blob_request_message("PUT", &h, 1000));
+        assert_eq!(from_hex64(&to_hex(&sig)), Some(sig));
+        assert!(verify_signature(
+            &k.pubkey(),
+            &blob_request_message("PUT", &h, 1000),
+            &sig
+        ));
+        for other in [
+            blob_request_message("GET", &h, 1000),
+            blob_request_message("PUT", &"cd".repeat(32), 1000),
+            blob_request_message("PUT", &h, 1001),
+        ] {
+            assert!(!verify_signature(&k.pubkey(), &other, &sig));
+        }
+        assert_eq!(from_hex64(&"0".repeat(127)), None);
+        assert_eq!(from_hex64(&"é".repeat(64)), None);
     }
 
     #[test]
