@@ -220,8 +220,8 @@ fn registrations_that_bypass_the_cli_are_checked_against_their_blobs() {
     let dir = d.path();
     crafted(dir);
     let (_ledger, url) = start_ledger(dir, &[]);
-    let c = splitup_node::Client::new(&url).unwrap();
     let owner = Keypair::from_seed([42; 32]);
+    let c = splitup_node::Client::new(&url).unwrap().signed_by(owner.clone());
     reqwest::blocking::Client::new()
         .post(format!("{url}/v1/faucet"))
         .json(&serde_json::json!({ "to": owner.pubkey().hex(), "amount_usdc": 100 }))
