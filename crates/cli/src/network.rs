@@ -302,12 +302,15 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         ledger: a.keyed.ledger.ledger.clone(),
         store: a.keyed.ledger.store.clone(),
         key,
+        key_file: Some(a.keyed.key.clone()),
         vram: a.vram,
         stake: a.stake.map(|s| s * splitup_protocol::USDC),
         specialise,
         threads: a.threads,
         heartbeat_every: std::time::Duration::from_secs(10),
         poll_every: std::time::Duration::from_millis(100),
+        worker: splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"])
+            .context("cannot find this executable to start task workers")?,
         fault: if a.cheat {
             splitup_node::daemon::Fault::Cheat
         } else if a.jitter {
