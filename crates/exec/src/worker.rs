@@ -261,7 +261,7 @@ impl Worker {
                     .split_first()
                     .map(|(k, m)| (*k, m))
                     .unwrap_or((ERR_REFUSED, &[]));
-                let msg = String::from_utf8_lossy(msg).into_owned();
+                let msg = tidy(&String::from_utf8_lossy(msg));
                 Err(if kind == ERR_MEMORY {
                     WorkerError::OutOfMemory {
                         ceiling: self.ceiling,
@@ -341,7 +341,7 @@ impl Worker {
         // Let the stderr reader catch up with the last words.
         std::thread::sleep(Duration::from_millis(50));
         let tail = String::from_utf8_lossy(&lock(&self.tail).iter().copied().collect::<Vec<u8>>()).into_owned();
-        let last = tail.trim().lines().last().unwrap_or("").trim().to_string();
+        let last = tidy(tail.trim().lines().last().unwrap_or(""));
         let status = match status {
             Some(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => format!("exit code {c}"),
@@ -379,6 +379,38 @@ impl Drop for Worker {
         self.stdin = None;
         self.kill();
     }
+}
+
+/// One line, without ONNX Runtime's source locations and C++ signatures
+/// (`/onnxruntime_src/…/file.cc:360 void* ns::f(size_t, bool) Message`
+/// becomes `Message`): the part that says what happened.
+pub fn tidy(msg: &str) -> String {
+    let mut s = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+    while let Some(i) = s.find("/onnxruntime_src/") {
+        let Some(open) = s[i..].find('(').map(|j| i + j) else {
+            break;
+        };
+        let mut depth = 0usize;
+        let mut end = None;
+        for (k, ch) in s[open..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(open + k + 1);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else { break };
+        let rest = s[end..].trim_start().to_string();
+        s.truncate(i);
+        s.push_str(&rest);
+    }
+    s
 }
 
 fn is_memory_message(s: &str) -> bool {
@@ -553,4 +585,34 @@ fn exit_with_parent() -> io::Result<()> {
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tidy_keeps_what_happened() {
+        let m = "Non-zero status code returned while running ConstantOfShape node. Name:'c' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool, onnxruntime::Stream*) Failed to allocate memory for requested buffer of size 34359738368\n";
+        assert_eq!(
+            tidy(m),
+            "Non-zero status code returned while running ConstantOfShape node. Name:'c' Status Message: Failed to allocate memory for requested buffer of size 34359738368"
+        );
+        let m = "/onnxruntime_src/onnxruntime/core/graph/model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, const std::function<void(int)>&) Unsupported model IR version: 14";
+        assert_eq!(tidy(m), "Unsupported model IR version: 14");
+        assert_eq!(
+            tidy("/onnxruntime_src/x.cc:1 no parenthesis"),
+            "/onnxruntime_src/x.cc:1 no parenthesis"
+        );
+        assert_eq!(tidy("a\n  b"), "a b");
+        assert!(is_memory_message("std::bad_alloc") && is_memory_message("memory allocation of 8 bytes failed"));
+        assert!(!is_memory_message("Unsupported model IR version"));
+    }
+
+    #[test]
+    fn the_ceiling_is_the_baseline_plus_a_multiple_of_the_declaration() {
+        assert_eq!(memory_ceiling(1, 1), 32 * (1 << 20) + 4);
+        assert_eq!(memory_ceiling(0, 3), 48 * (1 << 20));
+        assert_eq!(memory_ceiling(u64::MAX, 1), u64::MAX);
+    }
 }
