@@ -13,7 +13,6 @@ use crate::ops::task_output;
 use crate::{hex, unhex32, Client};
 use anyhow::{bail, Context, Result};
 use splitup_exec::worker::{memory_ceiling, Worker, WorkerCommand, WorkerError};
-use splitup_exec::{Runtime, Session};
 use splitup_protocol::api::{
     AccountView, ExecutionView, GenesisView, ModelSummary, ModelView, Status, WorkItem, WorkKind,
 };
@@ -86,6 +85,15 @@ enum Failure {
     /// the deadline reached, no worker could start): retried while the
     /// ledger lists the work.
     Transient(anyhow::Error),
+}
+
+impl Failure {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Task(why) => anyhow::anyhow!("the task cannot run: {why}"),
+            Failure::Transient(e) => e,
+        }
+    }
 }
 
 fn transient(e: impl Into<anyhow::Error>) -> Failure {
@@ -299,31 +307,37 @@ impl Node<'_> {
         r
     }
 
-    /// Starts a worker for task `task` of `model` and loads the task in it:
-    /// blobs hash-checked, weights joined behind the gate, within the load
-    /// limit (and `deadline`).
     fn start_task(&self, def: &ModelDef, task: u32, deadline: Option<Instant>) -> Result<Worker, Failure> {
-        let td = task_def(def, task).map_err(Failure::Task)?;
-        let graph = self.c.get_blob(&hex(&td.graph_hash)).map_err(transient)?;
-        let weights = self.c.get_blob(&hex(&td.weight_hash)).map_err(transient)?;
-        let onnx = splitup_graph::plan::join_weights(&graph, &weights)
-            .map_err(|(_, e)| Failure::Task(format!("task {task}: refused before loading: {e}")))?;
-        drop((graph, weights));
-        let mut w = Worker::start(
-            &self.cfg.worker,
-            memory_ceiling(td.vram, self.cfg.threads),
-            self.cfg.threads,
-        )
-        .map_err(transient)?;
-        let task_limit = load_limit(onnx.len());
-        let limit = match deadline {
-            Some(d) => task_limit.min(d.saturating_duration_since(Instant::now())),
-            None => task_limit,
-        };
-        w.load(&onnx, limit)
-            .map_err(|e| classify(e, task_limit, &format!("task {task}: loading")))?;
-        Ok(w)
+        start_worker(&self.c, &self.cfg.worker, self.cfg.threads, def, task, deadline)
     }
+}
+
+/// Starts a worker for task `task` of `def` and loads the task in it: blobs
+/// hash-checked, weights joined behind the gate (so a graph the gate
+/// refuses never reaches a runtime), within the load limit (and `deadline`).
+fn start_worker(
+    c: &Client,
+    cmd: &WorkerCommand,
+    threads: usize,
+    def: &ModelDef,
+    task: u32,
+    deadline: Option<Instant>,
+) -> Result<Worker, Failure> {
+    let td = task_def(def, task).map_err(Failure::Task)?;
+    let graph = c.get_blob(&hex(&td.graph_hash)).map_err(transient)?;
+    let weights = c.get_blob(&hex(&td.weight_hash)).map_err(transient)?;
+    let onnx = splitup_graph::plan::join_weights(&graph, &weights)
+        .map_err(|(_, e)| Failure::Task(format!("task {task}: refused before loading: {e}")))?;
+    drop((graph, weights));
+    let mut w = Worker::start(cmd, memory_ceiling(td.vram, threads), threads).map_err(transient)?;
+    let task_limit = load_limit(onnx.len());
+    let limit = match deadline {
+        Some(d) => task_limit.min(d.saturating_duration_since(Instant::now())),
+        None => task_limit,
+    };
+    w.load(&onnx, limit)
+        .map_err(|e| classify(e, task_limit, &format!("task {task}: loading")))?;
+    Ok(w)
 }
 
 /// Task `task` (1-based) of a model, or why not.
@@ -364,8 +378,9 @@ fn answer_max(td: &TaskDef) -> Result<u64, String> {
     Ok(total)
 }
 
-/// Cuts a reason to the ledger's bound, at a character boundary.
+/// One line, cut to the ledger's bound at a character boundary.
 fn short(reason: &str) -> String {
+    let reason = splitup_exec::worker::tidy(reason);
     let mut end = reason.len().min(REASON_MAX);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -770,12 +785,7 @@ type Computed = (BTreeMap<String, Tensor>, [u8; 32], String);
 /// Runs one task of one execution in its worker; returns the outputs, the
 /// commitment (BLAKE3 of the outputs' safetensors bytes) and the uploaded
 /// blob's name.
-fn compute(
-    node: &Node<'_>,
-    w: &WorkItem,
-    def: &ModelDef,
-    td: &TaskDef,
-) -> Result<Computed, Failure> {
+fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Result<Computed, Failure> {
     let (m, t) = (w.model, w.task);
     let ex: ExecutionView = node
         .c
@@ -804,7 +814,8 @@ fn compute(
         node.cache.give_back((m, t), Some(worker));
         return Err(transient(anyhow::anyhow!("the ledger's deadline has passed")));
     }
-    let r = worker.run(&inputs, limit, answer_max);
+    // The worker cannot hold, so cannot send, more than its ceiling.
+    let r = worker.run(&inputs, limit, answer_max.min(worker.ceiling()));
     node.cache.give_back((m, t), Some(worker));
     drop(inputs);
     let outputs = r.map_err(|e| {
@@ -860,34 +871,29 @@ fn gather_inputs(c: &Client, ex: &ExecutionView, def: &ModelDef, task: u32) -> R
     Ok(inputs)
 }
 
-/// Downloads, assembles and loads one task in this process (hash-checked,
-/// behind the gate), for a committee member re-executing a disputed task.
-pub fn load_task(c: &Client, rt: &dyn Runtime, def: &ModelDef, task: u32) -> Result<Box<dyn Session>> {
-    let td = task_def(def, task).map_err(anyhow::Error::msg)?;
-    let graph = c.get_blob(&hex(&td.graph_hash))?;
-    let weights = c.get_blob(&hex(&td.weight_hash))?;
-    let onnx =
-        splitup_graph::plan::join_weights(&graph, &weights).map_err(|(_, e)| anyhow::anyhow!("task {task}: {e}"))?;
-    Ok(rt.load(&onnx)?)
-}
-
-/// The committee's check of a disputed task: re-executes it and says
-/// whether the asserter's committed outputs (`claimed`, hex) agree with the
-/// recomputation within the cross-GPU tolerance (`Ok(())`), or why not.
+/// The committee's check of a disputed task: re-executes it in a worker
+/// (started with `worker`, under the same memory ceiling and wall-clock
+/// limit as a node's) and says whether the asserter's committed outputs
+/// (`claimed`, hex) agree with the recomputation within the cross-GPU
+/// tolerance (`Ok(())`), or why not. `Err`: it could not re-execute (the
+/// task cannot run, or a blob or the ledger could not be read).
 pub fn recompute(
     c: &Client,
-    rt: &dyn Runtime,
+    worker: &WorkerCommand,
     model: u64,
     execution: u64,
     task: u32,
     claimed: &str,
 ) -> Result<Result<()>> {
     let def = c.get_as::<ModelView>(&format!("/v1/models/{model}"))?.def;
-    let mut session = load_task(c, rt, &def, task)?;
+    let td = task_def(&def, task).map_err(anyhow::Error::msg)?;
+    let answer_max = answer_max(td).map_err(anyhow::Error::msg)?;
+    let mut w = start_worker(c, worker, 1, &def, task, None).map_err(Failure::into_error)?;
     let ex: ExecutionView = c.get_as(&format!("/v1/executions/{execution}"))?;
     let inputs = gather_inputs(c, &ex, &def, task)?;
-    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let outputs: BTreeMap<String, Tensor> = session.run(&refs)?.into_iter().collect();
+    let outputs = w
+        .run(&inputs, run_limit(td.compute_units), answer_max.min(w.ceiling()))
+        .map_err(|e| classify(e, Duration::MAX, &format!("task {task}")).into_error())?;
     Ok(agrees(c, unhex32(claimed), &outputs).map(|_| ()))
 }
 
