@@ -144,11 +144,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Cache {
     /// Takes the warm worker of `key` (`Some`), or reserves room to start
     /// one (`None`). Waits while this task's worker, or the room it needs,
-    /// is in use; `Err` when `stop` is raised meanwhile.
-    fn take(&self, key: Key, need: u64, stop: &dyn Fn() -> bool, log: &dyn Fn(String)) -> Result<Option<Worker>, ()> {
+    /// is in use (at most as long as the tasks using them may run); `Err`
+    /// when `abort` holds meanwhile.
+    fn take(&self, key: Key, need: u64, abort: &dyn Fn() -> bool, log: &dyn Fn(String)) -> Result<Option<Worker>, ()> {
         let mut s = lock(&self.slots);
         loop {
-            if stop() {
+            if abort() {
                 return Err(());
             }
             s.clock += 1;
@@ -697,7 +698,7 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
     std::thread::sleep(node.cfg.delay);
     match compute(node, w, def, td) {
         Ok((outputs, commitment, blob)) => {
-            if node.stopping() && lock(&node.fatal).is_some() {
+            if lock(&node.fatal).is_some() {
                 return false;
             }
             let ix = match kind {
@@ -796,7 +797,8 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
     let deadline = node.deadline(w.deadline_ms);
     let worker = node
         .cache
-        .take((m, t), td.vram, &|| node.stopping(), node.log)
+        // Work in hand is finished on SIGTERM: only a foreign signer aborts it.
+        .take((m, t), td.vram, &|| lock(&node.fatal).is_some(), node.log)
         .map_err(|()| transient(anyhow::anyhow!("stopping")))?;
     let mut worker = match worker {
         Some(w) => w,
