@@ -52,8 +52,13 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// on Linux x86-64 (the least limit with which a worker starts, loads and
 /// runs a one-node model): 17 MiB with 1 thread, 25 MiB with 2, 42 MiB
 /// with 4. This is about twice that.
+/// `threads` = 0 (ONNX Runtime's default) counts as one per core.
 pub fn memory_baseline(threads: usize) -> u64 {
     const MIB: u64 = 1 << 20;
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     (32 + 8 * threads.saturating_sub(1) as u64) * MIB
 }
 
@@ -613,6 +618,7 @@ mod tests {
     fn the_ceiling_is_the_baseline_plus_a_multiple_of_the_declaration() {
         assert_eq!(memory_ceiling(1, 1), 32 * (1 << 20) + 4);
         assert_eq!(memory_ceiling(0, 3), 48 * (1 << 20));
+        assert!(memory_ceiling(0, 0) >= memory_ceiling(0, 1));
         assert_eq!(memory_ceiling(u64::MAX, 1), u64::MAX);
     }
 }

@@ -389,11 +389,25 @@ fn short(reason: &str) -> String {
     reason[..end].to_string()
 }
 
-/// Takes an exclusive lock on `KEY_FILE.lock` for as long as the returned
-/// file is open (the operating system drops it when the process ends, so a
-/// crash leaves no stale lock). A second daemon with the same key file fails here.
+/// Another daemon holds this key's lock.
+#[derive(Debug)]
+pub struct AnotherDaemon(pub String);
+
+impl std::fmt::Display for AnotherDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AnotherDaemon {}
+
+/// Takes an exclusive lock on `KEY_FILE.lock` (next to the key file, links
+/// resolved) for as long as the returned file is open; the operating
+/// system drops it when the process ends, so a crash leaves no stale lock.
+/// A second daemon with the same key file fails here with [`AnotherDaemon`].
 pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
-    let mut name = key_file.as_os_str().to_owned();
+    let key_file = std::fs::canonicalize(key_file).unwrap_or_else(|_| key_file.to_path_buf());
+    let mut name = key_file.into_os_string();
     name.push(".lock");
     let path = PathBuf::from(name);
     let mut f = std::fs::OpenOptions::new()
@@ -408,7 +422,7 @@ pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
         Err(std::fs::TryLockError::WouldBlock) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
-            bail!(
+            return Err(AnotherDaemon(format!(
                 "another node daemon is running with this key: {} is locked{}; one key, one daemon",
                 path.display(),
                 if holder.is_empty() {
@@ -416,7 +430,8 @@ pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
                 } else {
                     format!(" by process {holder}")
                 }
-            );
+            ))
+            .into());
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()))
@@ -432,7 +447,20 @@ pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
 type WorkKey = (u64, u32, WorkKind, u32);
 
 pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Result<()> {
-    let _lock = cfg.key_file.as_deref().map(lock_key_file).transpose()?;
+    // One daemon per key: a lock next to the key file catches a second one
+    // on this machine at once; the nonce guard catches any other signer
+    // (a copy of the key elsewhere) at the daemon's next instruction.
+    let _lock = match cfg.key_file.as_deref().map(lock_key_file).transpose() {
+        Ok(lock) => lock,
+        Err(e) if e.downcast_ref::<AnotherDaemon>().is_some() => return Err(e),
+        // A read-only key location (a mounted secret) cannot hold the lock.
+        Err(e) => {
+            log(format!(
+                "{e:#}; only the nonce check will notice another daemon on this key"
+            ));
+            None
+        }
+    };
     let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?;
     let me = cfg.key.pubkey();
     c.guard_nonces(&me);
@@ -536,6 +564,9 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
                 }
             }
         }
+    }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(());
     }
     supports.retain(|(m, _)| !skipped.contains(m));
     let (loaded, used) = node.cache.usage();
@@ -946,4 +977,51 @@ fn perturb(t: Tensor, fault: Fault) -> Tensor {
         })
         .collect();
     Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_daemon_per_key_file_and_the_lock_goes_with_its_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("node.json");
+        std::fs::write(&key, "{}").unwrap();
+        let first = lock_key_file(&key).unwrap();
+        // Through a link too: the lock sits next to the file it resolves to.
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        for k in [&key, &link] {
+            let e = lock_key_file(k).unwrap_err();
+            assert!(e.downcast_ref::<AnotherDaemon>().is_some(), "{e:#}");
+            assert!(e.to_string().contains(&std::process::id().to_string()), "{e:#}");
+        }
+        drop(first);
+        lock_key_file(&link).unwrap();
+    }
+
+    #[test]
+    fn limits_and_reasons() {
+        assert_eq!(run_limit(1), Duration::from_millis(5_010));
+        assert_eq!(run_limit(1_000), Duration::from_secs(15));
+        assert!(run_limit(u64::MAX) > Duration::from_secs(40_000_000));
+        let long = format!("{}\n{}", "é".repeat(300), "x");
+        let r = short(&long);
+        assert!(r.len() <= REASON_MAX && !r.contains('\n'));
+        let td = TaskDef {
+            vram: 1,
+            compute_units: 1,
+            inputs: vec![],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                shape: vec![u64::MAX, 2],
+                dtype: "float32".into(),
+            }],
+            weight_uri: String::new(),
+            weight_hash: [0; 32],
+            graph_hash: [0; 32],
+        };
+        assert!(answer_max(&td).is_err());
+    }
 }
