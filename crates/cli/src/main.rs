@@ -132,6 +132,19 @@ pub struct FetchArgs {
 pub enum NodeCommand {
     /// Register, stake, pre-load tasks, heartbeat and execute assignments until SIGINT/SIGTERM.
     Start(NodeStartArgs),
+    /// Internal: a task worker (the node daemon starts it; framed requests on stdin).
+    #[command(hide = true)]
+    Worker(NodeWorkerArgs),
+}
+
+#[derive(Args)]
+pub struct NodeWorkerArgs {
+    /// Memory ceiling (RLIMIT_DATA) in bytes; 0: none.
+    #[arg(long)]
+    pub memory: u64,
+    /// Intra-op threads of the session.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Args)]
@@ -480,6 +493,7 @@ fn main() {
         Command::Status(a) => network::status(a),
         Command::Fetch(a) => network::fetch(a),
         Command::Node(NodeCommand::Start(a)) => network::node_start(a),
+        Command::Node(NodeCommand::Worker(a)) => Ok(splitup_exec::worker::serve(a.memory, a.threads)),
     };
     match result {
         Ok(code) => std::process::exit(code),

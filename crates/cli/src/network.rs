@@ -324,12 +324,15 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         ledger: a.keyed.ledger.ledger.clone(),
         store: a.keyed.ledger.store.clone(),
         key,
+        key_file: Some(a.keyed.key.clone()),
         vram: a.vram,
         stake: a.stake.map(|s| s * splitup_protocol::USDC),
         specialise,
         threads: a.threads,
         heartbeat_every: std::time::Duration::from_secs(10),
         poll_every: std::time::Duration::from_millis(100),
+        worker: splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"])
+            .context("cannot find this executable to start task workers")?,
         fault: if a.cheat {
             splitup_node::daemon::Fault::Cheat
         } else if a.jitter {
@@ -361,7 +364,14 @@ fn committee(url: String, data: std::path::PathBuf) {
     let Ok(c) = Client::new(&url).map(|c| c.signed_by(members[0].clone())) else {
         return;
     };
-    let mut rt: Option<splitup_exec::OrtRuntime> = None;
+    // Disputed tasks are re-executed in task workers (this executable), so
+    // a task that hangs or allocates without bound cannot take the ledger down.
+    let worker = match splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"]) {
+        Ok(w) => w,
+        Err(e) => return eprintln!("committee disabled: cannot find this executable to start task workers: {e}"),
+    };
+    // A dispute that could not be re-executed is retried after a while, not at once.
+    let mut failed: std::collections::HashMap<(u64, u32), std::time::Instant> = Default::default();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(300));
         let Ok(disputes) = c.get("/v1/disputes") else { continue };
@@ -375,17 +385,14 @@ fn committee(url: String, data: std::path::PathBuf) {
                 .as_array()
                 .map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
                 .unwrap_or_default();
-            if rt.is_none() {
-                match splitup_exec::OrtRuntime::new(1) {
-                    Ok(r) => rt = Some(r),
-                    Err(err) => {
-                        eprintln!("committee cannot re-execute disputes: {err}");
-                        continue;
-                    }
-                }
+            if failed
+                .get(&(e, t))
+                .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5))
+            {
+                continue;
             }
             let claimed = d["commitment"].as_str().unwrap_or_default();
-            let honest = match splitup_node::daemon::recompute(&c, rt.as_ref().unwrap(), m, e, t, claimed) {
+            let honest = match splitup_node::daemon::recompute(&c, &worker, m, e, t, claimed) {
                 Ok(verdict) => {
                     if let Err(why) = &verdict {
                         eprintln!("committee: execution {e} task {t}: the asserter's result disagrees: {why:#}");
@@ -394,6 +401,7 @@ fn committee(url: String, data: std::path::PathBuf) {
                 }
                 Err(err) => {
                     eprintln!("committee: re-executing execution {e} task {t} failed: {err:#}");
+                    failed.insert((e, t), std::time::Instant::now());
                     continue;
                 }
             };

@@ -6,6 +6,7 @@
 pub mod eval;
 mod ort_backend;
 pub mod runner;
+pub mod worker;
 
 pub use eval::OrtEval;
 pub use ort_backend::{find_onnxruntime, OrtRuntime, ORT_PIP_SPEC};

@@ -1,9 +1,13 @@
 //! A blocking client for the ledger's JSON API.
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use splitup_protocol::{Instruction, Keypair, SignedTx};
+use splitup_protocol::api::AccountView;
+use splitup_protocol::{Instruction, Keypair, Pubkey, SignedTx};
 use splitup_store::BlockingStore;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub struct Client {
     base: String,
@@ -13,7 +17,34 @@ pub struct Client {
     store: Option<BlockingStore>,
     /// The key that signs blob requests to the ledger.
     key: Option<Keypair>,
+    /// Held from the nonce read to the answer of the post, so that threads
+    /// sharing this client never sign two instructions with one nonce. It
+    /// holds, per guarded key, the nonce the ledger should show next.
+    signing: Mutex<HashMap<Pubkey, Option<u64>>>,
 }
+
+/// The ledger's nonce for a guarded key advanced by instructions this
+/// process did not send: another process is signing with the key.
+#[derive(Debug)]
+pub struct ForeignSigner {
+    pub key: Pubkey,
+    pub expected: u64,
+    pub found: u64,
+}
+
+impl std::fmt::Display for ForeignSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "another process is signing with this node's key {}: the ledger's nonce is {}, this process sent instructions up to nonce {}",
+            self.key.hex(),
+            self.found,
+            self.expected.saturating_sub(1)
+        )
+    }
+}
+
+impl std::error::Error for ForeignSigner {}
 
 /// How long a signed blob request stays valid (the ledger takes at most 10 min).
 const BLOB_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(5 * 60);
@@ -45,6 +76,7 @@ impl Client {
             http,
             store,
             key: None,
+            signing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,6 +163,24 @@ impl Client {
         Ok((r.json()?, version))
     }
 
+    /// As [`Client::get_when_changed`], decoded as `T` (a malformed answer is an error).
+    pub fn get_when_changed_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        after: Option<u64>,
+        wait: std::time::Duration,
+    ) -> Result<(T, Option<u64>)> {
+        let (v, version) = self.get_when_changed(path, after, wait)?;
+        let t = serde_json::from_value(v).with_context(|| format!("{path}: a malformed answer"))?;
+        Ok((t, version))
+    }
+
+    /// `GET path`, decoded as `T` (one of [`splitup_protocol::api`]'s types):
+    /// a missing or malformed field is an error, never a default.
+    pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        serde_json::from_value(self.get(path)?).with_context(|| format!("{path}: a malformed answer"))
+    }
+
     pub fn get(&self, path: &str) -> Result<Value> {
         Ok(self
             .check(path, self.http.get(format!("{}{path}", self.base)).send())?
@@ -143,12 +193,43 @@ impl Client {
             .json()?)
     }
 
-    /// Signs `ix` with the key's next nonce and submits it; returns the events.
+    /// From now on, [`Client::send`] with `key` fails with [`ForeignSigner`]
+    /// when the ledger's nonce for it has advanced past the instructions this
+    /// client sent (after the first, which sets the baseline).
+    pub fn guard_nonces(&self, key: &Pubkey) {
+        self.signing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*key, None);
+    }
+
+    /// Signs `ix` with the key's next nonce and submits it; returns the
+    /// events. Sends through one client are serialised (nonce read to answer).
     pub fn send(&self, key: &Keypair, ix: Instruction) -> Result<Vec<Value>> {
-        let acct = self.get(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
-        let nonce = acct["nonce"].as_u64().unwrap_or(0);
+        let me = key.pubkey();
+        let mut signing = self.signing.lock().unwrap_or_else(|e| e.into_inner());
+        let acct: AccountView = self.get_as(&format!("/v1/accounts/{}", me.hex()))?;
+        let nonce = acct.nonce;
+        if let Some(Some(expected)) = signing.get(&me) {
+            if nonce > *expected {
+                return Err(ForeignSigner {
+                    key: me,
+                    expected: *expected,
+                    found: nonce,
+                }
+                .into());
+            }
+        }
         let tx = SignedTx::sign(key, nonce, ix);
-        let r = self.post("/v1/tx", &serde_json::to_value(&tx)?)?;
+        let r = self.http.post(format!("{}/v1/tx", self.base)).json(&tx).send();
+        if let Some(next) = signing.get_mut(&me) {
+            // An answer from the ledger that refuses the instruction means
+            // the nonce was not used; without an answer it may have been.
+            let refused = matches!(&r, Ok(resp) if !resp.status().is_success());
+            *next = Some(if refused { nonce } else { nonce + 1 });
+        }
+        drop(signing);
+        let r = self.check("/v1/tx", r)?.json::<Value>()?;
         Ok(r["events"].as_array().cloned().unwrap_or_default())
     }
 

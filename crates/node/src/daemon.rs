@@ -1,15 +1,27 @@
 //! The node daemon: register, stake, pre-load the weights of its tasks into
 //! warm sessions (hash-checked), heartbeat, execute assignments and validate
 //! the challenges it is drawn for, upload outputs, submit signed results.
+//!
+//! Tasks run in worker processes ([`splitup_exec::worker`]): each under a
+//! memory ceiling derived from the task's declared requirement and a
+//! wall-clock limit derived from its compute units. A task that passes
+//! either, crashes its worker, or that the gate or ONNX Runtime refuses, is
+//! handed back with `ReportUnrunnable`; only its worker dies.
 
+use crate::client::ForeignSigner;
 use crate::ops::task_output;
 use crate::{hex, unhex32, Client};
 use anyhow::{bail, Context, Result};
-use splitup_exec::{OrtRuntime, Runtime, Session};
-use splitup_protocol::{Instruction, Keypair, ModelDef, GB};
-use splitup_tensor::Tensor;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use splitup_exec::worker::{memory_ceiling, Worker, WorkerCommand, WorkerError};
+use splitup_protocol::api::{
+    AccountView, ExecutionView, GenesisView, ModelSummary, ModelView, Status, WorkItem, WorkKind,
+};
+use splitup_protocol::{Instruction, Keypair, ModelDef, TaskDef, TensorSpec, GB};
+use splitup_tensor::{DType, Tensor};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Config {
@@ -17,85 +29,446 @@ pub struct Config {
     /// Blob store URL; `None`: through the ledger's HTTP store API.
     pub store: Option<String>,
     pub key: Keypair,
+    /// The key's file: the daemon holds an exclusive lock on `FILE.lock`
+    /// while it runs, so a second daemon with this key refuses to start.
+    pub key_file: Option<PathBuf>,
     pub vram: u64,
     /// Micro-USDC to stake; `None`: exactly what the VRAM requires.
     pub stake: Option<u64>,
     /// (model, task) pairs; a task of `None` means every task of the model;
     /// an empty list means every task of every active model.
     pub specialise: Vec<(u64, Option<u32>)>,
+    /// Intra-op threads of each task's session.
     pub threads: usize,
     pub heartbeat_every: Duration,
     pub poll_every: Duration,
+    /// How to start a task worker (a program that calls `splitup_exec::worker::serve`).
+    pub worker: WorkerCommand,
     /// Test only: misbehave (cheat, or differ in the last bits like other hardware).
     pub fault: Fault,
-    /// Test only: wait this long before executing each task (a slow node).
+    /// Test only: a slow node: wait this long before executing each task,
+    /// and execute one task at a time.
     pub delay: Duration,
 }
 
-struct Loaded {
-    session: Box<dyn Session>,
-    def: ModelDef,
+/// The wall-clock limit of one run of a task: [`RUN_FLOOR`] plus
+/// [`RUN_PER_CU`] per declared compute unit (10⁶ FLOPs: this allows a rate
+/// of 100 MFLOP/s, far below any GPU or CPU core), and never past the
+/// ledger's deadline for the assignment. Being killed at the first limit is
+/// the task's doing (reported); at the deadline, the node's (not reported).
+pub const RUN_FLOOR: Duration = Duration::from_secs(5);
+pub const RUN_PER_CU: Duration = Duration::from_millis(10);
+/// The limit of loading a task into a session: a floor plus 1 s per
+/// [`LOAD_BYTES_PER_SEC`] of ONNX.
+pub const LOAD_FLOOR: Duration = Duration::from_secs(30);
+pub const LOAD_BYTES_PER_SEC: u64 = 50_000_000;
+/// Longest reason sent with `ReportUnrunnable` (the ledger's bound).
+const REASON_MAX: usize = 512;
+
+/// The run limit of a task that declares `compute_units`.
+pub fn run_limit(compute_units: u64) -> Duration {
+    RUN_FLOOR.saturating_add(RUN_PER_CU.saturating_mul(u32::try_from(compute_units).unwrap_or(u32::MAX)))
 }
 
-/// Warm sessions within the node's memory: tasks are loaded while they fit;
-/// an assignment for an unloaded task evicts the least recently used ones.
-struct Cache {
-    rt: OrtRuntime,
-    defs: BTreeMap<u64, ModelDef>,
-    loaded: HashMap<(u64, u32), Loaded>,
-    last_used: HashMap<(u64, u32), u64>,
-    clock: u64,
+fn load_limit(onnx_bytes: usize) -> Duration {
+    LOAD_FLOOR.saturating_add(Duration::from_secs(onnx_bytes as u64 / LOAD_BYTES_PER_SEC))
+}
+
+type Key = (u64, u32);
+
+/// Why a task could not be executed.
+enum Failure {
+    /// The task's doing (its graph, its declared limits, or what it does
+    /// with its inputs): reported to the ledger.
+    Task(String),
+    /// May pass (an upstream blob not yet readable, the ledger unreachable,
+    /// the deadline reached, no worker could start): retried while the
+    /// ledger lists the work.
+    Transient(anyhow::Error),
+}
+
+impl Failure {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Task(why) => anyhow::anyhow!("the task cannot run: {why}"),
+            Failure::Transient(e) => e,
+        }
+    }
+}
+
+fn transient(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Transient(e.into())
+}
+
+/// A worker failure, against the task's own limit: killed at the ledger's
+/// deadline (shorter than the task's limit) is not the task's doing.
+fn classify(e: WorkerError, task_limit: Duration, what: &str) -> Failure {
+    match e {
+        WorkerError::TimedOut(l) if l < task_limit => Failure::Transient(anyhow::anyhow!(
+            "{what}: the ledger's deadline came first ({:.1} s)",
+            l.as_secs_f64()
+        )),
+        e if !e.is_task_fault() => Failure::Transient(e.into()),
+        e => Failure::Task(format!("{what}: {e}")),
+    }
+}
+
+struct Slot {
+    worker: Option<Worker>,
+    busy: bool,
+    need: u64,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<Key, Slot>,
     used: u64,
+    clock: u64,
+}
+
+/// Warm workers within the node's memory (the declared requirements of
+/// the tasks they hold add up to at most `capacity`): tasks are loaded
+/// while they fit; a task needed when there is no room evicts the least
+/// recently used idle workers. A worker serves one request at a time.
+struct Cache {
+    slots: Mutex<Slots>,
+    changed: Condvar,
     capacity: u64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Cache {
-    fn need(&self, key: (u64, u32)) -> u64 {
-        self.defs[&key.0].tasks[key.1 as usize - 1].vram
+    /// Takes the warm worker of `key` (`Some`), or reserves room to start
+    /// one (`None`). Waits while this task's worker, or the room it needs,
+    /// is in use (at most as long as the tasks using them may run); `Err`
+    /// when `abort` holds meanwhile.
+    fn take(&self, key: Key, need: u64, abort: &dyn Fn() -> bool, log: &dyn Fn(String)) -> Result<Option<Worker>, ()> {
+        let mut s = lock(&self.slots);
+        loop {
+            if abort() {
+                return Err(());
+            }
+            s.clock += 1;
+            let now = s.clock;
+            if let Some(slot) = s.map.get_mut(&key) {
+                if !slot.busy {
+                    slot.busy = true;
+                    slot.last_used = now;
+                    if let Some(w) = slot.worker.take() {
+                        return Ok(Some(w));
+                    }
+                    return Ok(None);
+                }
+            } else {
+                while s.used + need > self.capacity {
+                    let victim = s
+                        .map
+                        .iter()
+                        .filter(|(_, v)| !v.busy)
+                        .min_by_key(|(k, v)| (v.last_used, **k))
+                        .map(|(k, _)| *k);
+                    let Some(victim) = victim else { break };
+                    if let Some(v) = s.map.remove(&victim) {
+                        s.used -= v.need;
+                    }
+                    log(format!(
+                        "unloaded model {} task {} (least recently used) to make room for model {} task {}",
+                        victim.0, victim.1, key.0, key.1
+                    ));
+                }
+                if s.used + need <= self.capacity || s.map.is_empty() {
+                    s.used += need;
+                    s.map.insert(
+                        key,
+                        Slot {
+                            worker: None,
+                            busy: true,
+                            need,
+                            last_used: now,
+                        },
+                    );
+                    return Ok(None);
+                }
+            }
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(200))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
-    fn load(&mut self, c: &Client, key: (u64, u32), log: &dyn Fn(String)) -> Result<()> {
-        let need = self.need(key);
-        while self.used + need > self.capacity {
-            let Some(victim) = self
-                .loaded
-                .keys()
-                .copied()
-                .min_by_key(|k| (self.last_used.get(k).copied().unwrap_or(0), *k))
-            else {
-                break;
-            };
-            self.loaded.remove(&victim);
-            self.used -= self.need(victim);
-            log(format!(
-                "unloaded model {} task {} (least recently used) to make room for model {} task {}",
-                victim.0, victim.1, key.0, key.1
-            ));
+    /// Returns what [`Cache::take`] gave: a live worker stays warm; without
+    /// one (it failed, died or was killed) the task's room is freed.
+    fn give_back(&self, key: Key, worker: Option<Worker>) {
+        let mut s = lock(&self.slots);
+        match worker.filter(|w| w.is_alive()) {
+            Some(w) => {
+                if let Some(slot) = s.map.get_mut(&key) {
+                    slot.worker = Some(w);
+                    slot.busy = false;
+                }
+            }
+            None => {
+                if let Some(v) = s.map.remove(&key) {
+                    s.used -= v.need;
+                }
+            }
         }
-        let def = self.defs[&key.0].clone();
-        let session = load_task(c, &self.rt, &def, key.1).with_context(|| format!("model {}", key.0))?;
-        self.loaded.insert(key, Loaded { session, def });
-        self.used += need;
-        Ok(())
+        drop(s);
+        self.changed.notify_all();
     }
 
-    fn get(&mut self, c: &Client, key: (u64, u32), log: &dyn Fn(String)) -> Result<&mut Loaded> {
-        if !self.loaded.contains_key(&key) {
-            self.load(c, key, log)?;
+    /// Keeps a pre-loaded worker if its task fits; returns it otherwise.
+    fn keep(&self, key: Key, need: u64, worker: Worker) -> Option<Worker> {
+        let mut s = lock(&self.slots);
+        if s.used + need > self.capacity || s.map.contains_key(&key) {
+            return Some(worker);
         }
-        self.clock += 1;
-        self.last_used.insert(key, self.clock);
-        Ok(self.loaded.get_mut(&key).unwrap())
+        s.used += need;
+        s.clock += 1;
+        let last_used = s.clock;
+        s.map.insert(
+            key,
+            Slot {
+                worker: Some(worker),
+                busy: false,
+                need,
+                last_used,
+            },
+        );
+        None
+    }
+
+    fn forget_model(&self, model: u64) {
+        let mut s = lock(&self.slots);
+        let gone: Vec<Key> = s.map.keys().filter(|k| k.0 == model).copied().collect();
+        for k in gone {
+            if let Some(v) = s.map.remove(&k) {
+                s.used -= v.need;
+            }
+        }
+    }
+
+    /// (tasks loaded, bytes they declare)
+    fn usage(&self) -> (usize, u64) {
+        let s = lock(&self.slots);
+        (s.map.len(), s.used)
     }
 }
 
-pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> {
+/// What the work threads share.
+struct Node<'a> {
+    c: Client,
+    cfg: &'a Config,
+    defs: BTreeMap<u64, ModelDef>,
+    cache: Cache,
+    /// The ledger's clock minus this machine's, in ms (deadlines are the ledger's).
+    clock_offset_ms: i128,
+    stop: &'a AtomicBool,
+    /// Why the daemon must stop at once (another process signs with its key).
+    fatal: Mutex<Option<String>>,
+    log: &'a (dyn Fn(String) + Sync),
+}
+
+fn local_ms() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i128)
+        .unwrap_or(0)
+}
+
+impl Node<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || lock(&self.fatal).is_some()
+    }
+
+    /// When the ledger's deadline `deadline_ms` (its clock) falls on this machine's clock.
+    fn deadline(&self, deadline_ms: u64) -> Instant {
+        let left = deadline_ms as i128 - (local_ms() + self.clock_offset_ms);
+        Instant::now() + Duration::from_millis(left.clamp(0, u64::MAX as i128) as u64)
+    }
+
+    /// Signs and sends; another process signing with this key stops the daemon.
+    fn send(&self, ix: Instruction) -> Result<Vec<serde_json::Value>> {
+        let r = self.c.send(&self.cfg.key, ix);
+        if let Err(e) = &r {
+            if let Some(f) = e.downcast_ref::<ForeignSigner>() {
+                let mut fatal = lock(&self.fatal);
+                if fatal.is_none() {
+                    (self.log)(format!("{f}; stopping"));
+                    *fatal = Some(f.to_string());
+                }
+            }
+        }
+        r
+    }
+
+    fn start_task(&self, def: &ModelDef, task: u32, deadline: Option<Instant>) -> Result<Worker, Failure> {
+        start_worker(&self.c, &self.cfg.worker, self.cfg.threads, def, task, deadline)
+    }
+}
+
+/// Starts a worker for task `task` of `def` and loads the task in it: blobs
+/// hash-checked, weights joined behind the gate (so a graph the gate
+/// refuses never reaches a runtime), within the load limit (and `deadline`).
+fn start_worker(
+    c: &Client,
+    cmd: &WorkerCommand,
+    threads: usize,
+    def: &ModelDef,
+    task: u32,
+    deadline: Option<Instant>,
+) -> Result<Worker, Failure> {
+    let td = task_def(def, task).map_err(Failure::Task)?;
+    let graph = c.get_blob(&hex(&td.graph_hash)).map_err(transient)?;
+    let weights = c.get_blob(&hex(&td.weight_hash)).map_err(transient)?;
+    let onnx = splitup_graph::plan::join_weights(&graph, &weights)
+        .map_err(|(_, e)| Failure::Task(format!("task {task}: refused before loading: {e}")))?;
+    drop((graph, weights));
+    let mut w = Worker::start(cmd, memory_ceiling(td.vram, threads), threads).map_err(transient)?;
+    let task_limit = load_limit(onnx.len());
+    let limit = match deadline {
+        Some(d) => task_limit.min(d.saturating_duration_since(Instant::now())),
+        None => task_limit,
+    };
+    w.load(&onnx, limit)
+        .map_err(|e| classify(e, task_limit, &format!("task {task}: loading")))?;
+    Ok(w)
+}
+
+/// Task `task` (1-based) of a model, or why not.
+fn task_def(def: &ModelDef, task: u32) -> Result<&TaskDef, String> {
+    task.checked_sub(1)
+        .and_then(|i| def.tasks.get(i as usize))
+        .ok_or_else(|| format!("the model has no task {task}"))
+}
+
+/// Whether `t` is what `spec` declares.
+fn check_spec(t: &Tensor, spec: &TensorSpec) -> Result<(), String> {
+    let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+    if t.dtype.name() != spec.dtype || shape != spec.shape {
+        return Err(format!(
+            "{:?} is {} {:?}, the model declares {} {:?}",
+            spec.name, t.dtype, t.shape, spec.dtype, spec.shape
+        ));
+    }
+    Ok(())
+}
+
+/// The most bytes the declared outputs take as safetensors.
+fn answer_max(td: &TaskDef) -> Result<u64, String> {
+    let mut total: u64 = 64 * 1024;
+    for s in &td.outputs {
+        let dtype =
+            DType::from_name(&s.dtype).ok_or_else(|| format!("output {:?}: unknown dtype {:?}", s.name, s.dtype))?;
+        let bytes = s
+            .shape
+            .iter()
+            .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("output {:?}: its shape overflows", s.name))?;
+        total = total
+            .checked_add(bytes)
+            .and_then(|t| t.checked_add(512 + s.name.len() as u64))
+            .ok_or_else(|| "the outputs overflow".to_string())?;
+    }
+    Ok(total)
+}
+
+/// One line, cut to the ledger's bound at a character boundary.
+fn short(reason: &str) -> String {
+    let reason = splitup_exec::worker::tidy(reason);
+    let mut end = reason.len().min(REASON_MAX);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// Another daemon holds this key's lock.
+#[derive(Debug)]
+pub struct AnotherDaemon(pub String);
+
+impl std::fmt::Display for AnotherDaemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AnotherDaemon {}
+
+/// Takes an exclusive lock on `KEY_FILE.lock` (next to the key file, links
+/// resolved) for as long as the returned file is open; the operating
+/// system drops it when the process ends, so a crash leaves no stale lock.
+/// A second daemon with the same key file fails here with [`AnotherDaemon`].
+pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
+    let key_file = std::fs::canonicalize(key_file).unwrap_or_else(|_| key_file.to_path_buf());
+    let mut name = key_file.into_os_string();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the key's lock file {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(AnotherDaemon(format!(
+                "another node daemon is running with this key: {} is locked{}; one key, one daemon",
+                path.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by process {holder}")
+                }
+            ))
+            .into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    use std::io::Write;
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// Identifies one item of work: (execution, task, kind, attempt).
+type WorkKey = (u64, u32, WorkKind, u32);
+
+pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Result<()> {
+    // One daemon per key: a lock next to the key file catches a second one
+    // on this machine at once; the nonce guard catches any other signer
+    // (a copy of the key elsewhere) at the daemon's next instruction.
+    let _lock = match cfg.key_file.as_deref().map(lock_key_file).transpose() {
+        Ok(lock) => lock,
+        Err(e) if e.downcast_ref::<AnotherDaemon>().is_some() => return Err(e),
+        // A read-only key location (a mounted secret) cannot hold the lock.
+        Err(e) => {
+            log(format!(
+                "{e:#}; only the nonce check will notice another daemon on this key"
+            ));
+            None
+        }
+    };
     let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?.signed_by(cfg.key.clone());
     let me = cfg.key.pubkey();
-    let genesis = c.get("/v1/genesis")?;
-    let p = &genesis["params"];
-    let required =
-        p["stake_base"].as_u64().unwrap_or(0) + p["stake_per_gb"].as_u64().unwrap_or(0) * cfg.vram.div_ceil(GB);
+    c.guard_nonces(&me);
+    let genesis: GenesisView = c.get_as("/v1/genesis")?;
+    let p = &genesis.params;
+    let required = p
+        .stake_base
+        .saturating_add(p.stake_per_gb.saturating_mul(cfg.vram.div_ceil(GB)));
     let stake = cfg.stake.unwrap_or(required);
     if stake < required {
         bail!(
@@ -105,16 +478,18 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
             cfg.vram
         );
     }
+    let status: Status = c.get_as("/v1/status")?;
+    let clock_offset_ms = status.now_ms as i128 - local_ms();
     // What to support.
-    let models = c.get("/v1/models")?;
+    let models: Vec<ModelSummary> = c.get_as("/v1/models")?;
     let mut supports = Vec::new();
     let mut defs: BTreeMap<u64, ModelDef> = BTreeMap::new();
-    for m in models.as_array().cloned().unwrap_or_default() {
-        let id = m["id"].as_u64().unwrap_or(0);
-        if m["active"] != true || !(cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id)) {
+    for m in models {
+        let id = m.id;
+        if !m.active || !(cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id)) {
             continue;
         }
-        let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{id}"))?["def"].clone())?;
+        let def = c.get_as::<ModelView>(&format!("/v1/models/{id}"))?.def;
         for (i, t) in def.tasks.iter().enumerate() {
             let task = i as u32 + 1;
             let wanted = cfg.specialise.is_empty()
@@ -138,50 +513,83 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
             }
         }
     }
-    // Pre-load before registering, so the node never claims what it cannot run.
-    let rt = OrtRuntime::new(cfg.threads)?;
-    let mut cache = Cache {
-        rt,
+    let node = Node {
+        c,
+        cfg,
         defs,
-        loaded: HashMap::new(),
-        last_used: HashMap::new(),
-        clock: 0,
-        used: 0,
-        capacity: cfg.vram,
+        cache: Cache {
+            slots: Mutex::new(Slots::default()),
+            changed: Condvar::new(),
+            capacity: cfg.vram,
+        },
+        clock_offset_ms,
+        stop,
+        fatal: Mutex::new(None),
+        log,
     };
+    // Pre-load before registering, so the node never claims what it cannot
+    // run: a task that does not fit is still loaded once, so that a model
+    // none of whose tasks can run here is skipped now rather than when assigned.
+    let mut skipped: BTreeSet<u64> = BTreeSet::new();
     for &(m, t) in &supports {
-        if cache.used + cache.need((m, t)) <= cache.capacity {
-            cache.load(&c, (m, t), log)?;
-        } else {
-            // Checked now, so a task that cannot load fails at start rather than when assigned.
-            let def = cache.defs[&m].clone();
-            drop(load_task(&c, &cache.rt, &def, t).with_context(|| format!("model {m}"))?);
+        if skipped.contains(&m) || stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        let def = &node.defs[&m];
+        match node.start_task(def, t, None) {
+            Ok(w) => {
+                let need = def.tasks[t as usize - 1].vram;
+                drop(node.cache.keep((m, t), need, w));
+            }
+            Err(Failure::Task(why)) => {
+                log(format!(
+                    "skipping model {m} ({:?}): it cannot run here: {why}",
+                    def.name
+                ));
+                skipped.insert(m);
+                node.cache.forget_model(m);
+            }
+            Err(Failure::Transient(e)) => {
+                if e.chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(splitup_store::StoreError::Missing(_))))
+                {
+                    log(format!(
+                        "skipping model {m} ({:?}): task {t}'s files are not in the store: {e:#}",
+                        def.name
+                    ));
+                    skipped.insert(m);
+                    node.cache.forget_model(m);
+                } else {
+                    return Err(e.context(format!("model {m} task {t}")));
+                }
+            }
         }
     }
+    if stop.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    supports.retain(|(m, _)| !skipped.contains(m));
+    let (loaded, used) = node.cache.usage();
     log(format!(
         "node {} pre-loaded {} of {} tasks ({} of {} bytes)",
         me.hex(),
-        cache.loaded.len(),
+        loaded,
         supports.len(),
-        cache.used,
-        cache.capacity
+        used,
+        cfg.vram
     ));
-    c.send(
-        &cfg.key,
-        Instruction::RegisterNode {
-            vram: cfg.vram,
-            supports: supports.clone(),
-        },
-    )?;
-    let acct = c.get(&format!("/v1/accounts/{}", me.hex()))?;
-    let staked = acct["node"]["stake"].as_u64().unwrap_or(0);
+    node.send(Instruction::RegisterNode {
+        vram: cfg.vram,
+        supports: supports.clone(),
+    })?;
+    let acct: AccountView = node.c.get_as(&format!("/v1/accounts/{}", me.hex()))?;
+    let staked = acct.node.as_ref().map_or(0, |n| n.stake);
     if staked < stake {
         let need = stake - staked;
-        let have = acct["balance"].as_u64().unwrap_or(0);
-        if have < need {
-            bail!("balance {} USDC cannot cover a stake of {} USDC; fund the key first (splitup faucet on local networks)", have as f64 / 1e6, need as f64 / 1e6);
+        if acct.balance < need {
+            bail!("balance {} USDC cannot cover a stake of {} USDC; fund the key first (splitup faucet on local networks)", acct.balance as f64 / 1e6, need as f64 / 1e6);
         }
-        c.send(&cfg.key, Instruction::Stake { amount: need })?;
+        node.send(Instruction::Stake { amount: need })?;
     }
     log(format!(
         "node {} registered with {} USDC staked, supporting {} tasks",
@@ -190,35 +598,84 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
         supports.len()
     ));
     // Heartbeat three times per period the network expects.
-    let period = Duration::from_millis(p["heartbeat_ms"].as_u64().unwrap_or(30_000) / 3).min(cfg.heartbeat_every);
-    let mut last_hb = Instant::now() - period;
-    let mut done: HashSet<(u64, u32, String, u64)> = HashSet::new();
-    // The ledger's state version last seen: the next read of the work list
-    // waits (long-polls) until the state moves past it.
-    let mut seen: Option<u64> = None;
-    while !stop.load(Ordering::SeqCst) {
-        match step(&c, cfg, &mut cache, &mut done, &mut last_hb, period, seen, stop, log) {
-            Ok(Next::Wait(v)) => seen = v,
+    let period = Duration::from_millis(p.heartbeat_ms / 3).min(cfg.heartbeat_every);
+    // Work items run on their own threads, at most as many as the ledger
+    // lets a node hold (a slow test node: one).
+    let lanes = if cfg.delay.is_zero() {
+        p.node_load_max.max(1) as usize
+    } else {
+        1
+    };
+    let done: Mutex<HashSet<WorkKey>> = Mutex::new(HashSet::new());
+    let in_flight: Mutex<HashSet<WorkKey>> = Mutex::new(HashSet::new());
+    let retry = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| heartbeats(&node, period));
+        // The ledger's state version last seen: the next read of the work
+        // list waits (long-polls) until the state moves past it.
+        let mut seen: Option<u64> = None;
+        while !node.stopping() {
+            let path = format!("/v1/nodes/{}/work", me.hex());
+            let work: Vec<WorkItem> = match node.c.get_when_changed_as(&path, seen, WORK_WAIT_MAX) {
+                Ok((work, version)) => {
+                    seen = version;
+                    work
+                }
+                // The ledger may be down (restarting): log, wait, retry.
+                Err(err) => {
+                    log(format!("ledger unreachable or refused: {err:#}; retrying"));
+                    seen = None;
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let listed: HashSet<WorkKey> = work.iter().map(|w| (w.execution, w.task, w.kind, w.attempt)).collect();
+            lock(&done).retain(|k| listed.contains(k));
+            for w in work {
+                let key = (w.execution, w.task, w.kind, w.attempt);
+                if node.stopping() {
+                    break;
+                }
+                {
+                    let mut fl = lock(&in_flight);
+                    if lock(&done).contains(&key) || fl.contains(&key) {
+                        continue;
+                    }
+                    if fl.len() >= lanes {
+                        break;
+                    }
+                    fl.insert(key);
+                }
+                let (node, done, in_flight, retry) = (&node, &done, &in_flight, &retry);
+                s.spawn(move || {
+                    let finished = handle(node, &w);
+                    if finished {
+                        lock(done).insert(key);
+                    } else {
+                        retry.store(true, Ordering::SeqCst);
+                    }
+                    lock(in_flight).remove(&key);
+                });
+            }
             // Something failed and may succeed soon without the state changing: poll.
-            Ok(Next::Retry) => {
+            if retry.swap(false, Ordering::SeqCst) {
                 seen = None;
                 std::thread::sleep(cfg.poll_every);
             }
-            // The ledger may be down (restarting): log, wait, retry.
-            Err(err) => {
-                log(format!("ledger unreachable or refused: {err:#}; retrying"));
-                seen = None;
-                std::thread::sleep(Duration::from_secs(1));
-            }
         }
+        // The scope waits for the work in hand to finish.
+    });
+    if let Some(why) = lock(&node.fatal).take() {
+        // Its nonces are not its own: it sends nothing more, not even Leave.
+        bail!("{why}; this daemon stopped (one key, one daemon)");
     }
-    // Finished the task in hand; hand back everything else at once rather
+    // Finished the work in hand; hand back everything else at once rather
     // than let it time out.
-    match c.send(&cfg.key, Instruction::Leave) {
+    match node.send(Instruction::Leave) {
         Ok(events) => {
             let n = events.iter().filter(|e| e.get("Released").is_some()).count();
             log(format!(
-                "node {} stopping: finished the task in hand, handed back {n} assignments",
+                "node {} stopping: finished the work in hand, handed back {n} assignments",
                 me.hex()
             ));
         }
@@ -230,154 +687,258 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &dyn Fn(String)) -> Result<()> 
     Ok(())
 }
 
-enum Next {
-    /// Wait for the ledger's state to move past this version.
-    Wait(Option<u64>),
-    Retry,
+/// Sends a heartbeat every `period` until the daemon stops, whatever its
+/// work threads are doing.
+fn heartbeats(node: &Node<'_>, period: Duration) {
+    let mut next = Instant::now();
+    while !node.stopping() {
+        if Instant::now() >= next {
+            match node.send(Instruction::Heartbeat) {
+                Ok(_) => next = Instant::now() + period,
+                Err(err) => {
+                    if !node.stopping() {
+                        (node.log)(format!("heartbeat failed: {err:#}; retrying"));
+                    }
+                    next = Instant::now() + period.min(Duration::from_secs(1));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Longest a node waits for new work in one request; short enough to notice
 /// SIGTERM promptly.
 const WORK_WAIT_MAX: Duration = Duration::from_secs(2);
 
-#[allow(clippy::too_many_arguments)]
-fn step(
-    c: &Client,
-    cfg: &Config,
-    cache: &mut Cache,
-    done: &mut HashSet<(u64, u32, String, u64)>,
-    last_hb: &mut Instant,
-    period: Duration,
-    seen: Option<u64>,
-    stop: &AtomicBool,
-    log: &dyn Fn(String),
-) -> Result<Next> {
-    let me = cfg.key.pubkey();
-    // Heartbeats are due whatever the node is busy with: checked before each item of work.
-    let beat = |last_hb: &mut Instant| -> Result<()> {
-        if last_hb.elapsed() >= period {
-            c.send(&cfg.key, Instruction::Heartbeat)?;
-            *last_hb = Instant::now();
-        }
-        Ok(())
+/// Does one item of work; returns whether it is finished with (false: retry it).
+fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
+    let log = node.log;
+    let (e, m, t, kind) = (w.execution, w.model, w.task, w.kind);
+    let Some(def) = node.defs.get(&m) else {
+        log(format!("assigned model {m} task {t}, which this node does not support"));
+        return true;
     };
-    {
-        beat(last_hb)?;
-        // Wait for new work no longer than until the next heartbeat is due.
-        let wait = period.saturating_sub(last_hb.elapsed()).min(WORK_WAIT_MAX);
-        let (work, version) = c.get_when_changed(&format!("/v1/nodes/{}/work", me.hex()), seen, wait)?;
-        let mut outcome = Next::Wait(version);
-        for w in work.as_array().cloned().unwrap_or_default() {
-            if stop.load(Ordering::SeqCst) {
-                break;
+    let td = match task_def(def, t) {
+        Ok(td) => td,
+        Err(why) => {
+            log(format!("{kind} execution {e}: {why}"));
+            return true;
+        }
+    };
+    std::thread::sleep(node.cfg.delay);
+    match compute(node, w, def, td) {
+        Ok((outputs, commitment, blob)) => {
+            if lock(&node.fatal).is_some() {
+                return false;
             }
-            beat(last_hb)?;
-            let (e, m, t) = (
-                w["execution"].as_u64().unwrap_or(0),
-                w["model"].as_u64().unwrap_or(0),
-                w["task"].as_u64().unwrap_or(0) as u32,
-            );
-            let kind = w["kind"].as_str().unwrap_or("").to_string();
-            let key = (e, t, kind.clone(), w["attempt"].as_u64().unwrap_or(0));
-            if done.contains(&key) {
-                continue;
-            }
-            if !cache.defs.contains_key(&m) {
-                log(format!("assigned model {m} task {t}, which this node does not support"));
-                continue;
-            }
-            let l = cache.get(c, (m, t), log)?;
-            std::thread::sleep(cfg.delay);
-            match execute(c, l, e, t, cfg.fault) {
-                Ok((outputs, commitment, blob)) => {
-                    let ix = if kind == "validate" {
-                        // Agree with the checked result when it is within the
-                        // cross-GPU tolerance of ours; otherwise assert ours.
-                        let claimed = w["commitment"].as_str().unwrap_or_default();
-                        let commitment = match agrees(c, claimed, &outputs) {
-                            Ok(claimed) => {
-                                if claimed != commitment {
-                                    log(format!(
-                                        "validate execution {e} task {t}: bytes differ, numbers agree within tolerance"
-                                    ));
-                                }
-                                claimed
+            let ix = match kind {
+                WorkKind::Validate => {
+                    // Agree with the checked result when it is within the
+                    // cross-GPU tolerance of ours; otherwise assert ours.
+                    let commitment = match agrees(&node.c, w.commitment, &outputs) {
+                        Ok(claimed) => {
+                            if claimed != commitment {
+                                log(format!(
+                                    "validate execution {e} task {t}: bytes differ, numbers agree within tolerance"
+                                ));
                             }
-                            Err(why) => {
-                                log(format!("validate execution {e} task {t}: disagree: {why:#}"));
-                                commitment
-                            }
-                        };
-                        Instruction::SubmitValidation {
-                            execution: e,
-                            task: t,
-                            commitment,
+                            claimed
                         }
-                    } else {
-                        Instruction::SubmitResult {
-                            execution: e,
-                            task: t,
-                            commitment,
-                            output_uris: vec![c.blob_uri(&blob)],
+                        Err(why) => {
+                            log(format!("validate execution {e} task {t}: disagree: {why:#}"));
+                            commitment
                         }
                     };
-                    match c.send(&cfg.key, ix) {
-                        Ok(_) => log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16])),
-                        Err(err) => log(format!(
-                            "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
-                        )),
+                    Instruction::SubmitValidation {
+                        execution: e,
+                        task: t,
+                        commitment,
                     }
                 }
-                Err(err) => {
-                    // Often transient (an upstream result being recomputed): retry at the
-                    // next poll while the ledger still lists the work; its deadline bounds this.
-                    log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
-                    outcome = Next::Retry;
-                    continue;
+                WorkKind::Compute => Instruction::SubmitResult {
+                    execution: e,
+                    task: t,
+                    commitment,
+                    output_uris: vec![node.c.blob_uri(&blob)],
+                },
+            };
+            match node.send(ix) {
+                Ok(_) => log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16])),
+                Err(err) => log(format!(
+                    "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
+                )),
+            }
+            true
+        }
+        Err(Failure::Task(why)) => match kind {
+            WorkKind::Compute => {
+                let reason = short(&why);
+                match node.send(Instruction::ReportUnrunnable {
+                    execution: e,
+                    task: t,
+                    reason: reason.clone(),
+                }) {
+                    Ok(_) => {
+                        log(format!(
+                            "compute execution {e} task {t}: cannot run here, reported: {reason}"
+                        ));
+                        true
+                    }
+                    Err(err) => {
+                        log(format!(
+                            "compute execution {e} task {t}: cannot run here ({reason}); the report failed: {err:#}"
+                        ));
+                        false
+                    }
                 }
             }
-            done.insert(key);
+            // A validator cannot hand a challenge back: the ledger's
+            // validator timeout gives it to another, or to the committee.
+            WorkKind::Validate => {
+                log(format!(
+                    "validate execution {e} task {t}: cannot run here: {why}; leaving it to another validator"
+                ));
+                true
+            }
+        },
+        Err(Failure::Transient(err)) => {
+            // Often passing (an upstream result being recomputed): retry at the
+            // next poll while the ledger still lists the work; its deadline bounds this.
+            log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
+            false
         }
-        Ok(outcome)
     }
 }
 
-/// Downloads, assembles and loads one task (hash-checked), for a committee
-/// member re-executing a disputed task.
-pub fn load_task(c: &Client, rt: &dyn Runtime, def: &ModelDef, task: u32) -> Result<Box<dyn Session>> {
-    let td = &def.tasks[task as usize - 1];
-    let graph = c.get_blob(&hex(&td.graph_hash))?;
-    let weights = c.get_blob(&hex(&td.weight_hash))?;
-    let onnx =
-        splitup_graph::plan::join_weights(&graph, &weights).map_err(|(_, e)| anyhow::anyhow!("task {task}: {e}"))?;
-    Ok(rt.load(&onnx)?)
+/// Outputs, their commitment and the uploaded blob's name.
+type Computed = (BTreeMap<String, Tensor>, [u8; 32], String);
+
+/// Runs one task of one execution in its worker; returns the outputs, the
+/// commitment (BLAKE3 of the outputs' safetensors bytes) and the uploaded
+/// blob's name.
+fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Result<Computed, Failure> {
+    let (m, t) = (w.model, w.task);
+    let ex: ExecutionView = node
+        .c
+        .get_as(&format!("/v1/executions/{}", w.execution))
+        .map_err(transient)?;
+    let inputs = gather_inputs(&node.c, &ex, def, t).map_err(transient)?;
+    let answer_max = answer_max(td).map_err(|e| Failure::Task(format!("task {t}: {e}")))?;
+    let deadline = node.deadline(w.deadline_ms);
+    let worker = node
+        .cache
+        // Work in hand is finished on SIGTERM: only a foreign signer aborts it.
+        .take((m, t), td.vram, &|| lock(&node.fatal).is_some(), node.log)
+        .map_err(|()| transient(anyhow::anyhow!("stopping")))?;
+    let mut worker = match worker {
+        Some(w) => w,
+        None => match node.start_task(def, t, Some(deadline)) {
+            Ok(w) => w,
+            Err(f) => {
+                node.cache.give_back((m, t), None);
+                return Err(f);
+            }
+        },
+    };
+    let task_limit = run_limit(td.compute_units);
+    let limit = task_limit.min(deadline.saturating_duration_since(Instant::now()));
+    if limit.is_zero() {
+        node.cache.give_back((m, t), Some(worker));
+        return Err(transient(anyhow::anyhow!("the ledger's deadline has passed")));
+    }
+    // The worker cannot hold, so cannot send, more than its ceiling.
+    let r = worker.run(&inputs, limit, answer_max.min(worker.ceiling()));
+    node.cache.give_back((m, t), Some(worker));
+    drop(inputs);
+    let outputs = r.map_err(|e| {
+        classify(
+            e,
+            task_limit,
+            &format!(
+                "task {t} (declares {} bytes, {} compute units)",
+                td.vram, td.compute_units
+            ),
+        )
+    })?;
+    if outputs.len() != td.outputs.len() {
+        return Err(Failure::Task(format!(
+            "task {t}: {} outputs, the model declares {}",
+            outputs.len(),
+            td.outputs.len()
+        )));
+    }
+    let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
+    for spec in &td.outputs {
+        let o = outputs
+            .get(&spec.name)
+            .ok_or_else(|| Failure::Task(format!("task {t}: no output {:?}", spec.name)))?;
+        check_spec(o, spec).map_err(|e| Failure::Task(format!("task {t}: output {e}")))?;
+    }
+    for (name, o) in outputs {
+        map.insert(name, perturb(o, node.cfg.fault));
+    }
+    let bytes = splitup_tensor::st::encode(&map).map_err(transient)?;
+    let blob = node.c.put_blob(bytes).map_err(transient)?;
+    let commitment = unhex32(&blob)
+        .context("the store named the blob oddly")
+        .map_err(transient)?;
+    Ok((map, commitment, blob))
 }
 
-/// The committee's check of a disputed task: re-executes it and says
-/// whether the asserter's committed outputs (`claimed`, hex) agree with the
-/// recomputation within the cross-GPU tolerance (`Ok(())`), or why not.
+/// The inputs of task `task` in this execution, each checked against the
+/// task's declaration (a mismatch is the upstream's doing, not this task's).
+fn gather_inputs(c: &Client, ex: &ExecutionView, def: &ModelDef, task: u32) -> Result<BTreeMap<String, Tensor>> {
+    let td = task_def(def, task).map_err(anyhow::Error::msg)?;
+    let mut inputs = BTreeMap::new();
+    for (k, spec) in td.inputs.iter().enumerate() {
+        let conn = def
+            .connections
+            .iter()
+            .find(|x| x.destination_task == task && x.dest_input == k as u32)
+            .with_context(|| format!("input {:?} has no source", spec.name))?;
+        let tensor = task_output(c, ex, def, conn.source_task, conn.source_output)?;
+        check_spec(&tensor, spec).map_err(|e| anyhow::anyhow!("input {e} (from task {})", conn.source_task))?;
+        inputs.insert(spec.name.clone(), tensor);
+    }
+    Ok(inputs)
+}
+
+/// The committee's check of a disputed task: re-executes it in a worker
+/// (started with `worker`, under the same memory ceiling and wall-clock
+/// limit as a node's) and says whether the asserter's committed outputs
+/// (`claimed`, hex) agree with the recomputation within the cross-GPU
+/// tolerance (`Ok(())`), or why not. `Err`: it could not re-execute (the
+/// task cannot run, or a blob or the ledger could not be read).
 pub fn recompute(
     c: &Client,
-    rt: &dyn Runtime,
+    worker: &WorkerCommand,
     model: u64,
     execution: u64,
     task: u32,
     claimed: &str,
 ) -> Result<Result<()>> {
-    let def: ModelDef = serde_json::from_value(c.get(&format!("/v1/models/{model}"))?["def"].clone())?;
-    let session = load_task(c, rt, &def, task)?;
-    let mut l = Loaded { session, def };
-    let (outputs, _, _) = execute(c, &mut l, execution, task, Fault::None)?;
-    Ok(agrees(c, claimed, &outputs).map(|_| ()))
+    let def = c.get_as::<ModelView>(&format!("/v1/models/{model}"))?.def;
+    let td = task_def(&def, task).map_err(anyhow::Error::msg)?;
+    let answer_max = answer_max(td).map_err(anyhow::Error::msg)?;
+    let mut w = start_worker(c, worker, 1, &def, task, None).map_err(Failure::into_error)?;
+    let ex: ExecutionView = c.get_as(&format!("/v1/executions/{execution}"))?;
+    let inputs = gather_inputs(c, &ex, &def, task)?;
+    let outputs = w
+        .run(&inputs, run_limit(td.compute_units), answer_max.min(w.ceiling()))
+        .map_err(|e| classify(e, Duration::MAX, &format!("task {task}")).into_error())?;
+    Ok(agrees(c, unhex32(claimed), &outputs).map(|_| ()))
 }
 
-/// Whether the committed result `claimed` (hex) agrees with `mine` (the
-/// same tensor names, each within [`splitup_tensor::agree`]); returns that
+/// Whether the committed result `claimed` agrees with `mine` (the same
+/// tensor names, each within [`splitup_tensor::agree`]); returns that
 /// commitment if so. The committed blob is fetched by its hash, so a result
 /// whose bytes are missing or do not match its commitment disagrees.
-fn agrees(c: &Client, claimed: &str, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
-    let commitment = unhex32(claimed).context("no committed result to check")?;
-    let bytes = c.get_blob(claimed).context("the committed outputs cannot be read")?;
+fn agrees(c: &Client, claimed: Option<[u8; 32]>, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
+    let commitment = claimed.context("no committed result to check")?;
+    let bytes = c
+        .get_blob(&hex(&commitment))
+        .context("the committed outputs cannot be read")?;
     let theirs = splitup_tensor::st::decode(&bytes).context("the committed outputs are not safetensors")?;
     if theirs.len() != mine.len() {
         bail!("{} outputs committed, {} computed", theirs.len(), mine.len());
@@ -402,41 +963,6 @@ pub enum Fault {
     Jitter,
 }
 
-/// Runs one task of one execution; returns the outputs, the commitment
-/// (BLAKE3 of the outputs' safetensors bytes) and the uploaded blob's name.
-fn execute(
-    c: &Client,
-    l: &mut Loaded,
-    execution: u64,
-    task: u32,
-    fault: Fault,
-) -> Result<(BTreeMap<String, Tensor>, [u8; 32], String)> {
-    let ex = c.get(&format!("/v1/executions/{execution}"))?;
-    let td = &l.def.tasks[task as usize - 1];
-    let mut inputs: Vec<(String, Tensor)> = Vec::new();
-    for (k, spec) in td.inputs.iter().enumerate() {
-        let conn = l
-            .def
-            .connections
-            .iter()
-            .find(|x| x.destination_task == task && x.dest_input == k as u32)
-            .context("an input without a source")?;
-        inputs.push((
-            spec.name.clone(),
-            task_output(c, &ex, &l.def, conn.source_task, conn.source_output)?,
-        ));
-    }
-    let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let outputs = l.session.run(&refs)?;
-    let mut map: BTreeMap<String, Tensor> = BTreeMap::new();
-    for (name, t) in outputs {
-        map.insert(name, perturb(t, fault));
-    }
-    let bytes = splitup_tensor::st::encode(&map)?;
-    let blob = c.put_blob(bytes)?;
-    Ok((map, unhex32(&blob).unwrap(), blob))
-}
-
 fn perturb(t: Tensor, fault: Fault) -> Tensor {
     if t.dtype != splitup_tensor::DType::F32 || fault == Fault::None {
         return t;
@@ -451,4 +977,51 @@ fn perturb(t: Tensor, fault: Fault) -> Tensor {
         })
         .collect();
     Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_daemon_per_key_file_and_the_lock_goes_with_its_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("node.json");
+        std::fs::write(&key, "{}").unwrap();
+        let first = lock_key_file(&key).unwrap();
+        // Through a link too: the lock sits next to the file it resolves to.
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&key, &link).unwrap();
+        for k in [&key, &link] {
+            let e = lock_key_file(k).unwrap_err();
+            assert!(e.downcast_ref::<AnotherDaemon>().is_some(), "{e:#}");
+            assert!(e.to_string().contains(&std::process::id().to_string()), "{e:#}");
+        }
+        drop(first);
+        lock_key_file(&link).unwrap();
+    }
+
+    #[test]
+    fn limits_and_reasons() {
+        assert_eq!(run_limit(1), Duration::from_millis(5_010));
+        assert_eq!(run_limit(1_000), Duration::from_secs(15));
+        assert!(run_limit(u64::MAX) > Duration::from_secs(40_000_000));
+        let long = format!("{}\n{}", "é".repeat(300), "x");
+        let r = short(&long);
+        assert!(r.len() <= REASON_MAX && !r.contains('\n'));
+        let td = TaskDef {
+            vram: 1,
+            compute_units: 1,
+            inputs: vec![],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                shape: vec![u64::MAX, 2],
+                dtype: "float32".into(),
+            }],
+            weight_uri: String::new(),
+            weight_hash: [0; 32],
+            graph_hash: [0; 32],
+        };
+        assert!(answer_max(&td).is_err());
+    }
 }

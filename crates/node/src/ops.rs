@@ -2,9 +2,9 @@
 
 use crate::{unhex32, Client};
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 use splitup_graph::plan::Manifest;
-use splitup_protocol::{Connection, Instruction, Keypair, ModelDef, TaskDef, TensorSpec};
+use splitup_protocol::api::{ExecutionView, ModelView};
+use splitup_protocol::{Connection, ExecStatus, Instruction, Keypair, ModelDef, TaskDef, TensorSpec};
 use splitup_tensor::Tensor;
 use std::collections::BTreeMap;
 
@@ -84,29 +84,22 @@ pub fn upload_plan(
 
 /// Uploads the inputs (one safetensors blob) and submits an execution; returns its id.
 pub fn submit(c: &Client, key: &Keypair, model: u64, inputs: &BTreeMap<String, Tensor>, priority: u64) -> Result<u64> {
-    let def = c.get(&format!("/v1/models/{model}"))?;
-    let specs = def["def"]["inputs"].as_array().cloned().unwrap_or_default();
-    for s in &specs {
-        let name = s["name"].as_str().unwrap_or("");
+    let def = c.get_as::<ModelView>(&format!("/v1/models/{model}"))?.def;
+    for s in &def.inputs {
+        let name = s.name.as_str();
         let t = inputs.get(name).with_context(|| format!("missing input {name:?}"))?;
-        let shape: Vec<u64> = s["shape"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
-            .unwrap_or_default();
-        if t.dtype.name() != s["dtype"].as_str().unwrap_or("")
-            || t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>() != shape
-        {
+        if t.dtype.name() != s.dtype || t.shape.iter().map(|&d| d as u64).collect::<Vec<_>>() != s.shape {
             bail!(
                 "input {name:?} is {} {:?}, the model takes {} {:?}",
                 t.dtype,
                 t.shape,
-                s["dtype"],
-                shape
+                s.dtype,
+                s.shape
             );
         }
     }
     for name in inputs.keys() {
-        if !specs.iter().any(|s| s["name"] == name.as_str()) {
+        if !def.inputs.iter().any(|s| s.name == *name) {
             bail!("the model has no input {name:?}");
         }
     }
@@ -128,12 +121,11 @@ pub fn submit(c: &Client, key: &Keypair, model: u64, inputs: &BTreeMap<String, T
 
 /// The execution's model outputs, in model order, once it has completed.
 pub fn fetch(c: &Client, execution: u64) -> Result<Vec<(String, Tensor)>> {
-    let e = c.get(&format!("/v1/executions/{execution}"))?;
-    if e["status"] != "Completed" {
-        bail!("execution {execution} is {}, not completed", e["status"]);
+    let e: ExecutionView = c.get_as(&format!("/v1/executions/{execution}"))?;
+    if e.status != ExecStatus::Completed {
+        bail!("execution {execution} is {:?}, not completed", e.status);
     }
-    let model = c.get(&format!("/v1/models/{}", e["model"]))?;
-    let def: ModelDef = serde_json::from_value(model["def"].clone())?;
+    let def = c.get_as::<ModelView>(&format!("/v1/models/{}", e.model))?.def;
     let mut out = Vec::new();
     for (k, spec) in def.outputs.iter().enumerate() {
         let conn = def
@@ -147,22 +139,28 @@ pub fn fetch(c: &Client, execution: u64) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
-/// The tensor that output `index` of `task` (0: the user's inputs) produced in this execution.
-pub fn task_output(c: &Client, execution: &Value, def: &ModelDef, task: u32, index: u32) -> Result<Tensor> {
+/// The tensor that output `index` of `task` (0: the user's inputs) produced
+/// in this execution. A model or execution that lacks what it names is an
+/// error, never a panic.
+pub fn task_output(c: &Client, execution: &ExecutionView, def: &ModelDef, task: u32, index: u32) -> Result<Tensor> {
     let (blob, name) = if task == 0 {
-        (
-            execution["input"].as_str().context("no input")?.to_string(),
-            def.inputs[index as usize].name.clone(),
-        )
+        let spec = def
+            .inputs
+            .get(index as usize)
+            .with_context(|| format!("the model has no input {index}"))?;
+        (crate::hex(&execution.input), spec.name.clone())
     } else {
-        let r = &execution["tasks"][task as usize - 1];
-        let uri = r["output_uris"][0]
-            .as_str()
+        let r = execution.task(task).map_err(anyhow::Error::msg)?;
+        let uri = r
+            .output_uris
+            .first()
             .with_context(|| format!("task {task} has no output yet"))?;
-        (
-            splitup_store::hash_of_uri(uri).to_string(),
-            def.tasks[task as usize - 1].outputs[index as usize].name.clone(),
-        )
+        let spec = def
+            .tasks
+            .get(task as usize - 1)
+            .and_then(|t| t.outputs.get(index as usize))
+            .with_context(|| format!("task {task} of the model has no output {index}"))?;
+        (splitup_store::hash_of_uri(uri).to_string(), spec.name.clone())
     };
     let bytes = c.get_blob(&blob)?;
     let mut tensors = splitup_tensor::st::decode(&bytes)?;
