@@ -8,6 +8,8 @@ use crate::{
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use splitup_ledger::{keys, server};
+use splitup_protocol::api::{AccountView, ExecutionSummary, ExecutionView, NodeView, Status};
+use splitup_protocol::ExecStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -68,12 +70,12 @@ pub fn faucet(a: FaucetArgs) -> Result<i32> {
         "/v1/faucet",
         &json!({ "to": key.pubkey().hex(), "amount_usdc": a.amount }),
     )?;
-    let acct = c.get(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
+    let acct: AccountView = c.get_as(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
     println!(
         "minted {} USDC to {}; balance {:.6} USDC",
         a.amount,
         key.pubkey().hex(),
-        acct["balance"].as_u64().unwrap_or(0) as f64 / 1e6
+        acct.balance as f64 / 1e6
     );
     Ok(0)
 }
@@ -93,20 +95,16 @@ pub fn mint(a: MintArgs) -> Result<i32> {
 pub fn balance(a: KeyedArgs) -> Result<i32> {
     let key = keys::read(&a.key)?;
     let c = a.ledger.client()?;
-    let acct = c.get(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
-    println!(
-        "{}: {:.6} USDC",
-        key.pubkey().hex(),
-        acct["balance"].as_u64().unwrap_or(0) as f64 / 1e6
-    );
-    if let Some(n) = acct.get("node").filter(|n| !n.is_null()) {
+    let acct: AccountView = c.get_as(&format!("/v1/accounts/{}", key.pubkey().hex()))?;
+    println!("{}: {:.6} USDC", key.pubkey().hex(), acct.balance as f64 / 1e6);
+    if let Some(n) = acct.node {
         println!(
             "node: stake {:.6} USDC, {} VRAM, status {}, earned {:.6} USDC, slashed {:.6} USDC",
-            n["stake"].as_u64().unwrap_or(0) as f64 / 1e6,
-            human(n["vram"].as_u64().unwrap_or(0)),
-            n["status"].as_str().unwrap_or("?"),
-            n["earned_total"].as_u64().unwrap_or(0) as f64 / 1e6,
-            n["slashed_total"].as_u64().unwrap_or(0) as f64 / 1e6
+            n.stake as f64 / 1e6,
+            human(n.vram),
+            n.status,
+            n.earned_total as f64 / 1e6,
+            n.slashed_total as f64 / 1e6
         );
     }
     Ok(0)
@@ -114,8 +112,7 @@ pub fn balance(a: KeyedArgs) -> Result<i32> {
 
 pub fn nodes(a: LedgerUrl) -> Result<i32> {
     let c = a.client()?;
-    let nodes = c.get("/v1/nodes")?;
-    let list = nodes.as_array().cloned().unwrap_or_default();
+    let list: Vec<NodeView> = c.get_as("/v1/nodes")?;
     println!(
         "{:<16} {:>10} {:>14} {:>13} {:>5} {:>9}",
         "node", "vram", "stake (USDC)", "status", "load", "tasks"
@@ -123,12 +120,12 @@ pub fn nodes(a: LedgerUrl) -> Result<i32> {
     for n in &list {
         println!(
             "{:<16} {:>10} {:>14.2} {:>13} {:>5} {:>9}",
-            &n["key"].as_str().unwrap_or("")[..16.min(n["key"].as_str().unwrap_or("").len())],
-            human(n["vram"].as_u64().unwrap_or(0)),
-            n["stake"].as_u64().unwrap_or(0) as f64 / 1e6,
-            n["status"].as_str().unwrap_or("?"),
-            n["load"].as_u64().unwrap_or(0),
-            n["supports"].as_array().map(|a| a.len()).unwrap_or(0)
+            &n.key.hex()[..16],
+            human(n.vram),
+            n.stake as f64 / 1e6,
+            n.status,
+            n.load,
+            n.supports.len()
         );
     }
     println!("{} nodes", list.len());
@@ -177,18 +174,18 @@ pub fn submit(a: SubmitArgs) -> Result<i32> {
     let mut seen = None;
     loop {
         // Long-poll: the ledger answers when the execution's state may have changed.
-        let (e, version) =
-            c.get_when_changed(&format!("/v1/executions/{id}"), seen, std::time::Duration::from_secs(5))?;
+        let (e, version): (ExecutionView, _) =
+            c.get_when_changed_as(&format!("/v1/executions/{id}"), seen, std::time::Duration::from_secs(5))?;
         seen = version;
-        let tasks = e["tasks"].as_array().cloned().unwrap_or_default();
-        pb.set_length(tasks.len() as u64);
-        pb.set_position(tasks.iter().filter(|t| t["status"] == "Completed").count() as u64);
-        if e["status"] == "Completed" {
-            break;
-        }
-        if let Some(reason) = e["status"].get("Failed") {
-            pb.finish_and_clear();
-            bail!("execution {id} failed: {reason}");
+        pb.set_length(e.tasks.len() as u64);
+        pb.set_position(e.tasks.iter().filter(|t| t.status == "Completed").count() as u64);
+        match &e.status {
+            ExecStatus::Completed => break,
+            ExecStatus::Failed(reason) => {
+                pb.finish_and_clear();
+                bail!("execution {id} failed: {reason}");
+            }
+            ExecStatus::InProgress => {}
         }
         if started.elapsed().as_secs() > a.timeout {
             pb.finish_and_clear();
@@ -220,20 +217,19 @@ fn acknowledge(c: &splitup_node::Client, key: &splitup_protocol::Keypair, id: u6
 pub fn status(a: StatusArgs) -> Result<i32> {
     let c = a.ledger.client()?;
     let Some(id) = a.execution else {
-        let s = c.get("/v1/status")?;
+        let s: Status = c.get_as("/v1/status")?;
         println!(
             "ledger {}: slot {}, block hash {}, {} instructions; {} nodes, {} models, {} executions; blobs in {}",
             c.base(),
-            s["slot"],
-            s["blockhash"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
-            s["instructions"],
-            s["nodes"],
-            s["models"],
-            s["executions"],
-            s["store"].as_str().unwrap_or("?")
+            s.slot,
+            &splitup_protocol::crypto::to_hex(&s.blockhash)[..16],
+            s.instructions,
+            s.nodes,
+            s.models,
+            s.executions,
+            s.store
         );
-        let list = c.get("/v1/executions?limit=20")?;
-        let list = list.as_array().cloned().unwrap_or_default();
+        let list: Vec<ExecutionSummary> = c.get_as("/v1/executions?limit=20")?;
         if !list.is_empty() {
             println!(
                 "{:>9} {:>6} {:>10} {:>9} {:<18}",
@@ -243,38 +239,43 @@ pub fn status(a: StatusArgs) -> Result<i32> {
         for e in list {
             println!(
                 "{:>9} {:>6} {:>10} {:>9} {}",
-                e["id"],
-                e["model"],
-                format!("{}/{}", e["completed"], e["tasks"]),
-                e["fetched"],
-                e["status"]
+                e.id,
+                e.model,
+                format!("{}/{}", e.completed, e.tasks),
+                e.fetched,
+                show_status(&e.status)
             );
         }
         return Ok(0);
     };
-    let e = c.get(&format!("/v1/executions/{id}"))?;
-    println!("execution {id} of model {}: {}", e["model"], e["status"]);
+    let e: ExecutionView = c.get_as(&format!("/v1/executions/{id}"))?;
+    println!("execution {id} of model {}: {}", e.model, show_status(&e.status));
     println!(
         "{:>5} {:>11} {:<18} {:>8} {:>8} {:>11} outcome",
         "task", "state", "node", "attempts", "timeouts", "challenged"
     );
-    for t in e["tasks"].as_array().cloned().unwrap_or_default() {
-        let node = t["node"]
-            .as_str()
-            .map(|n| n[..16].to_string())
-            .unwrap_or_else(|| "-".into());
+    for t in &e.tasks {
+        let node = t.node.map(|n| n.hex()[..16].to_string()).unwrap_or_else(|| "-".into());
         println!(
             "{:>5} {:>11} {:<18} {:>8} {:>8} {:>11} {}",
-            t["task"],
-            t["status"].as_str().unwrap_or("?"),
+            t.task,
+            t.status,
             node,
-            t["attempts"],
-            t["timeouts"],
-            t["challenged"],
-            t["outcome"].as_str().unwrap_or("")
+            t.attempts,
+            t.timeouts,
+            t.challenged,
+            t.outcome.as_deref().unwrap_or("")
         );
     }
     Ok(0)
+}
+
+fn show_status(s: &ExecStatus) -> String {
+    match s {
+        ExecStatus::InProgress => "InProgress".into(),
+        ExecStatus::Completed => "Completed".into(),
+        ExecStatus::Failed(why) => format!("Failed: {why}"),
+    }
 }
 
 pub fn fetch(a: FetchArgs) -> Result<i32> {
@@ -374,25 +375,27 @@ fn committee(url: String, data: std::path::PathBuf) {
     let mut failed: std::collections::HashMap<(u64, u32), std::time::Instant> = Default::default();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let Ok(disputes) = c.get("/v1/disputes") else { continue };
-        for d in disputes.as_array().cloned().unwrap_or_default() {
-            let (e, m, t) = (
-                d["execution"].as_u64().unwrap_or(0),
-                d["model"].as_u64().unwrap_or(0),
-                d["task"].as_u64().unwrap_or(0) as u32,
-            );
-            let voters: Vec<String> = d["voters"]
-                .as_array()
-                .map(|v| v.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-                .unwrap_or_default();
+        let disputes: Vec<splitup_protocol::api::DisputeView> = match c.get_as("/v1/disputes") {
+            Ok(d) => d,
+            Err(err) => {
+                eprintln!("committee: cannot read the disputes: {err:#}");
+                continue;
+            }
+        };
+        for d in disputes {
+            let (e, m, t) = (d.execution, d.model, d.task);
+            let voters = d.voters;
             if failed
                 .get(&(e, t))
                 .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5))
             {
                 continue;
             }
-            let claimed = d["commitment"].as_str().unwrap_or_default();
-            let honest = match splitup_node::daemon::recompute(&c, &worker, m, e, t, claimed) {
+            let claimed = d
+                .commitment
+                .map(|c| splitup_protocol::crypto::to_hex(&c))
+                .unwrap_or_default();
+            let honest = match splitup_node::daemon::recompute(&c, &worker, m, e, t, &claimed) {
                 Ok(verdict) => {
                     if let Err(why) = &verdict {
                         eprintln!("committee: execution {e} task {t}: the asserter's result disagrees: {why:#}");
@@ -406,7 +409,7 @@ fn committee(url: String, data: std::path::PathBuf) {
                 }
             };
             for k in &members {
-                if voters.contains(&k.pubkey().hex()) {
+                if voters.contains(&k.pubkey()) {
                     continue;
                 }
                 // The ledger's own liveness votes share these keys: retry on a nonce race.
