@@ -1195,3 +1195,259 @@ fn regression_dropout_in_training_mode_inside_a_loop_body() {
         "refused for another reason, or not at all: {msg:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Task files as a node receives them: a graph whose initializers carry name,
+// type and shape only, and a safetensors file, joined by
+// `plan::join_weights` behind the gate (`model::check_runnable`). The same
+// checks as the `task_load` fuzz target.
+
+/// A graph's two task files, as `plan::build` writes them.
+fn task_files(g: &Graph) -> (Vec<u8>, Vec<u8>) {
+    use prost::Message;
+    let weights = g
+        .weights
+        .iter()
+        .map(|(n, w)| (n.clone(), w.tensor().expect("a materialised weight")))
+        .collect();
+    (
+        g.to_proto(false).encode_to_vec(),
+        splitup_tensor::st::encode(&weights).unwrap(),
+    )
+}
+
+/// Valid task files: every task of a plan of the small transformer, and
+/// single tasks holding a bounded Loop and an inference-mode Dropout (whose
+/// bound and mode live in the weights file).
+fn sample_tasks() -> &'static [(Vec<u8>, Vec<u8>)] {
+    static TASKS: std::sync::OnceLock<Vec<(Vec<u8>, Vec<u8>)>> = std::sync::OnceLock::new();
+    TASKS.get_or_init(|| {
+        let g = Graph::load(&small_model()).unwrap();
+        let opts = Options::uniform(g.weight_bytes() / 2);
+        let p = partition(&g, &bindings(), &opts).unwrap();
+        let files = plan::build(&p, "m", &bindings(), &opts, true).unwrap().files;
+        let file = |name: &str| files.iter().find(|(n, _)| n == name).unwrap().1.clone();
+        let mut out: Vec<_> = (1..=p.tasks.len())
+            .map(|id| {
+                (
+                    file(&format!("task_{id:04}.onnx")),
+                    file(&format!("task_{id:04}.safetensors")),
+                )
+            })
+            .collect();
+        assert!(out.len() >= 2);
+        out.push(task_files(&load(&loop_model(Trips::Const(8)))));
+        out.push(task_files(&load(&dropout_model(Training::Const(false)))));
+        out
+    })
+}
+
+/// Joins the files; whatever is joined decodes and passes the gate again.
+fn join_and_regate(graph: &[u8], weights: &[u8]) -> Result<(), TestCaseError> {
+    use prost::Message;
+    match plan::join_weights(graph, weights) {
+        Ok(joined) => {
+            let m = splitup_graph::onnx::ModelProto::decode(joined.as_slice())
+                .map_err(|e| TestCaseError::fail(format!("a joined task does not decode: {e}")))?;
+            if let Err(e) = splitup_graph::model::check_runnable(&m) {
+                return Err(TestCaseError::fail(format!("a joined task fails the gate: {e}")));
+            }
+        }
+        Err((which, msg)) => {
+            prop_assert!(which <= 1);
+            prop_assert!(!msg.is_empty());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sample_task_files_join() {
+    for (graph, weights) in sample_tasks() {
+        plan::join_weights(graph, weights).unwrap();
+        join_and_regate(graph, weights).unwrap();
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Edit {
+    Set(prop::sample::Index, u8),
+    Flip(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Delete(prop::sample::Index),
+    Truncate(prop::sample::Index),
+}
+
+fn edit() -> impl Strategy<Value = (bool, Edit)> {
+    let e = prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Set(i, b)),
+        (any::<prop::sample::Index>(), 0u8..8).prop_map(|(i, b)| Edit::Flip(i, b)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Edit::Delete),
+        any::<prop::sample::Index>().prop_map(Edit::Truncate),
+    ];
+    (any::<bool>(), e)
+}
+
+fn apply_edit(bytes: &mut Vec<u8>, e: &Edit) {
+    if bytes.is_empty() {
+        if let Edit::Insert(_, b) = e {
+            bytes.push(*b);
+        }
+        return;
+    }
+    match e {
+        Edit::Set(i, b) => {
+            let i = i.index(bytes.len());
+            bytes[i] = *b;
+        }
+        Edit::Flip(i, bit) => {
+            let i = i.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+        }
+        Edit::Insert(i, b) => bytes.insert(i.index(bytes.len() + 1), *b),
+        Edit::Delete(i) => {
+            bytes.remove(i.index(bytes.len()));
+        }
+        Edit::Truncate(i) => bytes.truncate(i.index(bytes.len())),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Flipped, inserted and deleted bytes in a real task's graph or
+    /// weights: joining is an error or a model that passes the gate again.
+    #[test]
+    fn mutated_task_files_join_or_fail_cleanly(
+        which in any::<prop::sample::Index>(),
+        edits in proptest::collection::vec(edit(), 1..6),
+    ) {
+        let tasks = sample_tasks();
+        let (mut graph, mut weights) = tasks[which.index(tasks.len())].clone();
+        for (in_graph, e) in &edits {
+            apply_edit(if *in_graph { &mut graph } else { &mut weights }, e);
+        }
+        join_and_regate(&graph, &weights)?;
+    }
+}
+
+/// Re-encodes a task graph after `f` edits it.
+fn edited(graph: &[u8], f: impl FnOnce(&mut splitup_graph::onnx::ModelProto)) -> Vec<u8> {
+    use prost::Message;
+    let mut m = splitup_graph::onnx::ModelProto::decode(graph).unwrap();
+    f(&mut m);
+    m.encode_to_vec()
+}
+
+/// A tensor stored as external data at `location`: `data_location =
+/// EXTERNAL`, a `location` entry, or both (the runtime reads either).
+fn point_at(t: &mut splitup_graph::onnx::TensorProto, location: &str, how: u8) {
+    if how != 1 {
+        t.data_location = 1;
+    }
+    if how != 2 {
+        t.external_data.push(splitup_graph::onnx::StringStringEntryProto {
+            key: "location".into(),
+            value: location.into(),
+        });
+    }
+}
+
+/// A task file crafted to make the node's runtime read the node's own key
+/// (`node.json`) into a tensor, then hand it on as an output: refused by
+/// `join_weights` however the pointer is hidden, before any runtime sees it.
+#[test]
+fn task_files_pointing_at_the_nodes_key_are_refused() {
+    let refused = |graph: &[u8], weights: &[u8], what: &str| {
+        let e = plan::join_weights(graph, weights).expect_err(what);
+        assert_eq!(e.0, 0, "{what}: the graph is at fault");
+        assert!(e.1.contains("external data"), "{what}: {}", e.1);
+    };
+
+    // y = Identity(w), w an initializer whose bytes "live" in node.json.
+    let mut b = model("steal");
+    b.const_f("w", DType::F32, vec![4], &[0.0; 4]);
+    let y = b.op("Identity", &["w"], vec![]);
+    output(&mut b, &y);
+    let (graph, weights) = task_files(&load(&b));
+    plan::join_weights(&graph, &weights).expect("the honest task joins");
+    for how in 0..3 {
+        for location in ["node.json", "../node.json", "/var/lib/splitup/node.json"] {
+            let g = edited(&graph, |m| {
+                let init = &mut m.graph.as_mut().unwrap().initializer[0];
+                point_at(init, location, how)
+            });
+            refused(&g, &weights, &format!("initializer, {location}, mode {how}"));
+        }
+    }
+
+    // An attribute tensor: ConstantOfShape's value read from node.json.
+    let mut b = model("steal_attr");
+    let shape = b.const_i64("shape", &[4]);
+    let y = b.op(
+        "ConstantOfShape",
+        &[&shape],
+        vec![AttributeProto {
+            name: "value".into(),
+            r#type: attr_type::TENSOR,
+            t: Some(splitup_graph::onnx::TensorProto {
+                dims: vec![1],
+                data_type: 1,
+                raw_data: vec![0; 4],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    );
+    output(&mut b, &y);
+    let (graph, weights) = task_files(&load(&b));
+    plan::join_weights(&graph, &weights).expect("the honest task joins");
+    for how in 0..3 {
+        let g = edited(&graph, |m| {
+            let n = &mut m.graph.as_mut().unwrap().node[0];
+            let t = n.attribute[0].t.as_mut().unwrap();
+            t.raw_data.clear();
+            point_at(t, "node.json", how)
+        });
+        refused(&g, &weights, &format!("attribute tensor, mode {how}"));
+    }
+
+    // The same, one level down: an initializer and an attribute tensor
+    // inside a Loop body.
+    let (graph, weights) = task_files(&load(&loop_model(Trips::Const(8))));
+    let g = edited(&graph, |m| {
+        let body = m.graph.as_mut().unwrap().node[0].attribute[0].g.as_mut().unwrap();
+        let mut t = splitup_graph::onnx::TensorProto {
+            name: "stolen".into(),
+            dims: vec![4],
+            data_type: 1,
+            ..Default::default()
+        };
+        point_at(&mut t, "node.json", 0);
+        body.initializer.push(t);
+    });
+    refused(&g, &weights, "initializer of a Loop body");
+    let g = edited(&graph, |m| {
+        let body = m.graph.as_mut().unwrap().node[0].attribute[0].g.as_mut().unwrap();
+        let mut t = splitup_graph::onnx::TensorProto {
+            dims: vec![1],
+            data_type: 1,
+            ..Default::default()
+        };
+        point_at(&mut t, "node.json", 0);
+        body.node.push(NodeProto {
+            op_type: "ConstantOfShape".into(),
+            input: vec!["i".into()],
+            output: vec!["unused".into()],
+            attribute: vec![AttributeProto {
+                name: "value".into(),
+                r#type: attr_type::TENSOR,
+                t: Some(t),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    });
+    refused(&g, &weights, "attribute tensor in a Loop body");
+}

@@ -953,12 +953,20 @@ impl Ledger {
         Ok(())
     }
 
-    /// The run of `task` (1-based) of `execution`, checked to exist.
+    /// The run of `task` (1-based) of `execution`, checked to exist and to
+    /// belong to an execution in progress (finishing released every hold).
     fn run_ref(&self, execution: u64, task: u32) -> Result<&TaskRun, ProtocolError> {
         let e = self
             .executions
             .get(&execution)
             .ok_or_else(|| err_unknown("execution", execution))?;
+        if e.status != ExecStatus::InProgress {
+            return Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: format!("the execution has finished ({:?})", e.status),
+            });
+        }
         if task == 0 {
             return Err(err_unknown("task", format!("{execution}/0")));
         }

@@ -3,7 +3,10 @@
 //! - money is conserved after every instruction;
 //! - no task is ever assigned to a dead, under-staked or incapable node;
 //! - a rejected instruction changes nothing;
-//! - replaying any accepted signed instruction is rejected.
+//! - replaying any accepted signed instruction is rejected;
+//! - the same holds for structurally random instructions (any variant, random
+//!   keys, amounts and models) from known keys or strangers, and for the
+//!   bytes of a signed instruction edited and decoded as `POST /v1/tx` does.
 
 use proptest::prelude::*;
 use splitup_protocol::state::Ledger;
@@ -237,7 +240,174 @@ enum Op {
     Advance {
         ms: u64,
     },
+    /// Any instruction, structurally random, signed by anyone.
+    Raw {
+        signer: Signer,
+        ix: Instruction,
+    },
+    /// A signed instruction's JSON, edited, decoded as the HTTP handler
+    /// does: what decodes is submitted as it is, then its instruction is
+    /// signed again by `who` at its next nonce.
+    Json {
+        who: usize,
+        ix: Instruction,
+        edits: Vec<(prop::sample::Index, u8, u8)>,
+    },
 }
+
+#[derive(Clone, Debug)]
+enum Signer {
+    Actor(usize),
+    Committee(usize),
+    Authority,
+    Stranger(u8),
+}
+
+fn pubkey() -> impl Strategy<Value = Pubkey> {
+    prop_oneof![
+        (0..ACTORS as u8).prop_map(|i| key(20 + i).pubkey()),
+        (0..3u8).prop_map(|i| key(10 + i).pubkey()),
+        Just(key(1).pubkey()),
+        any::<[u8; 32]>().prop_map(Pubkey),
+    ]
+}
+
+fn amount() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..10 * USDC,
+        1_000 * USDC..10_000 * USDC,
+        Just(u64::MAX),
+        any::<u64>()
+    ]
+}
+
+/// Sizes that are ordinary, zero, or at the edges of u64.
+fn big() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..20, (0u64..20).prop_map(|g| g * GB), Just(u64::MAX), any::<u64>()]
+}
+
+fn tensor_spec() -> impl Strategy<Value = TensorSpec> {
+    prop_oneof![
+        3 => Just(spec()),
+        1 => (proptest::collection::vec(0u64..8, 0..3), prop::sample::select(vec!["float32", "int64", ""])).prop_map(
+            |(shape, dtype)| TensorSpec {
+                name: "u".into(),
+                shape,
+                dtype: dtype.into(),
+            }
+        ),
+    ]
+}
+
+/// Models that are often almost valid: tasks and connections among a few ids.
+fn model_def() -> impl Strategy<Value = ModelDef> {
+    let task = (
+        big(),
+        big(),
+        proptest::collection::vec(tensor_spec(), 0..3),
+        tensor_spec(),
+    )
+        .prop_map(|(vram, compute_units, inputs, output)| TaskDef {
+            vram,
+            compute_units,
+            inputs,
+            outputs: vec![output],
+            weight_uri: "file://w".into(),
+            weight_hash: [1; 32],
+            graph_hash: [2; 32],
+        });
+    let conn = (0u32..4, 0u32..4, 0u32..2, 0u32..2).prop_map(|(s, d, so, di)| Connection {
+        source_task: s,
+        destination_task: d,
+        source_output: so,
+        dest_input: di,
+    });
+    prop_oneof![
+        Just(model()),
+        (
+            proptest::collection::vec(task, 0..4),
+            proptest::collection::vec(conn, 0..6),
+            proptest::collection::vec(tensor_spec(), 0..2)
+        )
+            .prop_map(|(tasks, connections, outputs)| ModelDef {
+                name: "random".into(),
+                inputs: vec![spec()],
+                outputs,
+                tasks,
+                connections,
+            }),
+    ]
+}
+
+/// Any instruction, its fields drawn around the values the ledger holds.
+fn instruction() -> impl Strategy<Value = Instruction> {
+    let id = 0u64..5;
+    let task = 0u32..4;
+    let commitment = prop_oneof![Just([0xEE; 32]), any::<[u8; 32]>()];
+    prop_oneof![
+        (pubkey(), amount()).prop_map(|(to, amount)| Instruction::Mint { to, amount }),
+        (pubkey(), amount()).prop_map(|(to, amount)| Instruction::Transfer { to, amount }),
+        model_def().prop_map(Instruction::RegisterModel),
+        id.clone().prop_map(|model| Instruction::DeactivateModel { model }),
+        (big(), proptest::collection::vec((0u64..3, 0u32..4), 0..4))
+            .prop_map(|(vram, supports)| Instruction::RegisterNode { vram, supports }),
+        amount().prop_map(|amount| Instruction::Stake { amount }),
+        amount().prop_map(|amount| Instruction::RequestUnstake { amount }),
+        Just(Instruction::Withdraw),
+        Just(Instruction::Heartbeat),
+        Just(Instruction::Leave),
+        (id.clone(), big(), any::<[u8; 32]>()).prop_map(|(model, priority, input_commitment)| {
+            Instruction::SubmitExecution {
+                model,
+                priority,
+                input_commitment,
+            }
+        }),
+        (
+            id.clone(),
+            task.clone(),
+            commitment.clone(),
+            prop_oneof![
+                Just(vec![]),
+                Just(vec!["file://out".to_string()]),
+                (0usize..3000).prop_map(|n| vec!["x".repeat(n)]),
+                (0usize..80).prop_map(|n| vec!["u".to_string(); n]),
+            ]
+        )
+            .prop_map(|(execution, task, commitment, output_uris)| Instruction::SubmitResult {
+                execution,
+                task,
+                commitment,
+                output_uris,
+            }),
+        (id.clone(), task.clone(), commitment).prop_map(|(execution, task, commitment)| {
+            Instruction::SubmitValidation {
+                execution,
+                task,
+                commitment,
+            }
+        }),
+        id.clone().prop_map(|execution| Instruction::Fetched { execution }),
+        (pubkey(), any::<bool>()).prop_map(|(node, unresponsive)| Instruction::LivenessVote { node, unresponsive }),
+        (id, task, any::<bool>()).prop_map(|(execution, task, asserter_honest)| Instruction::DisputeVote {
+            execution,
+            task,
+            asserter_honest,
+        }),
+    ]
+}
+
+fn signer() -> impl Strategy<Value = Signer> {
+    prop_oneof![
+        (0..ACTORS).prop_map(Signer::Actor),
+        (0usize..3).prop_map(Signer::Committee),
+        Just(Signer::Authority),
+        any::<u8>().prop_map(Signer::Stranger),
+    ]
+}
+
+/// Bytes that keep JSON looking like JSON.
+const JSONISH: &[u8] = b"{}[]\":,0123456789-+eE.truefalsn \\xyz";
 
 fn op() -> impl Strategy<Value = Op> {
     let who = 0..ACTORS;
@@ -283,6 +453,13 @@ fn op() -> impl Strategy<Value = Op> {
         who.clone().prop_map(|who| Op::Leave { who }),
         (who, 1u64..5).prop_map(|(who, execution)| Op::Fetched { who, execution }),
         prop_oneof![1u64..5_000, 30_000u64..200_000, Just(25 * 3600 * 1000)].prop_map(|ms| Op::Advance { ms }),
+        (signer(), instruction()).prop_map(|(signer, ix)| Op::Raw { signer, ix }),
+        (
+            0..ACTORS,
+            instruction(),
+            proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 0..4)
+        )
+            .prop_map(|(who, ix, edits)| Op::Json { who, ix, edits }),
     ]
 }
 
@@ -404,9 +581,18 @@ fn materialise(w: &World, op: &Op) -> Option<(Keypair, Instruction)> {
                 },
             )
         }
+        Op::Raw { signer, ix } => (
+            match signer {
+                Signer::Actor(i) => a(i),
+                Signer::Committee(i) => w.committee[i].clone(),
+                Signer::Authority => w.authority.clone(),
+                Signer::Stranger(i) => Keypair::from_seed([0x80 | i; 32]),
+            },
+            ix,
+        ),
         Op::Leave { who } => (a(who), Instruction::Leave),
         Op::Fetched { who, execution } => (a(who), Instruction::Fetched { execution }),
-        Op::BadSignature { .. } | Op::Advance { .. } => return None,
+        Op::BadSignature { .. } | Op::Advance { .. } | Op::Json { .. } => return None,
     })
 }
 
@@ -447,6 +633,42 @@ fn check_assignments(w: &World, events: &[Event]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Submits `tx` (`op` names it in failures) and checks: an accepted instruction
+/// assigns only eligible nodes, cannot be replayed, and advances the slot
+/// clock; a rejected one changes nothing; money is conserved either way.
+fn submit_checked(w: &mut World, tx: &SignedTx, op: &dyn std::fmt::Debug) -> Result<(), TestCaseError> {
+    let before = w.ledger.clone();
+    match w.ledger.submit(tx, w.now, &w.beacon) {
+        Ok(()) => {
+            let events = w.ledger.poll_events();
+            check_assignments(w, &events)?;
+            // Replaying the very same signed instruction must fail and change nothing.
+            let after = w.ledger.clone();
+            let replay = w.ledger.submit(tx, w.now, &w.beacon);
+            prop_assert!(
+                matches!(replay, Err(ProtocolError::BadNonce { .. })),
+                "replay accepted: {:?}",
+                replay
+            );
+            prop_assert!(w.ledger == after, "a replay changed the state");
+            // The slot clock: the newest recent block hash is the current one, in this slot.
+            let r = &w.ledger.recent_blockhashes;
+            prop_assert_eq!(
+                r.back(),
+                Some(&(w.now / splitup_protocol::state::SLOT_MS, w.ledger.blockhash))
+            );
+            prop_assert!(r.iter().zip(r.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+            prop_assert!(r.len() <= splitup_protocol::state::RECENT_BLOCKHASHES);
+        }
+        Err(e) => {
+            prop_assert!(e.code() >= 1 && e.code() <= 12);
+            prop_assert!(w.ledger == before, "rejected {:?} ({}) but the state changed", op, e);
+        }
+    }
+    prop_assert_eq!(w.ledger.money_total(), w.ledger.supply as u128, "money after {:?}", op);
+    Ok(())
+}
+
 fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut w = World::new(challenge_ppm);
     // Fund and stake two capable nodes so that assignment paths are reached.
@@ -470,39 +692,37 @@ fn run_ops(challenge_ppm: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert!(w.ledger == before, "a badly signed instruction changed the state");
             continue;
         }
+        if let Op::Json { who, ix, edits } = &op {
+            let k = w.actors[*who].clone();
+            let mut bytes = serde_json::to_vec(&SignedTx::sign(&k, w.nonce(&k), ix.clone())).unwrap();
+            for (at, kind, b) in edits {
+                let b = JSONISH[*b as usize % JSONISH.len()];
+                match kind {
+                    0 if !bytes.is_empty() => {
+                        let i = at.index(bytes.len());
+                        bytes[i] = b;
+                    }
+                    1 => bytes.insert(at.index(bytes.len() + 1), b),
+                    _ if !bytes.is_empty() => {
+                        bytes.remove(at.index(bytes.len()));
+                    }
+                    _ => {}
+                }
+            }
+            // As `POST /v1/tx` reads a body: what decodes is submitted as it is.
+            if let Ok(tx) = serde_json::from_slice::<SignedTx>(&bytes) {
+                submit_checked(&mut w, &tx, &op)?;
+                // Then its instruction, signed: past the signature, into the rules.
+                let tx = SignedTx::sign(&k, w.nonce(&k), tx.ix);
+                submit_checked(&mut w, &tx, &op)?;
+            }
+            continue;
+        }
         let Some((signer, ix)) = materialise(&w, &op) else {
             continue;
         };
-        let before = w.ledger.clone();
         let tx = SignedTx::sign(&signer, w.nonce(&signer), ix);
-        match w.ledger.submit(&tx, w.now, &w.beacon) {
-            Ok(()) => {
-                let events = w.ledger.poll_events();
-                check_assignments(&w, &events)?;
-                // Replaying the very same signed instruction must fail and change nothing.
-                let after = w.ledger.clone();
-                let replay = w.ledger.submit(&tx, w.now, &w.beacon);
-                prop_assert!(
-                    matches!(replay, Err(ProtocolError::BadNonce { .. })),
-                    "replay accepted: {:?}",
-                    replay
-                );
-                prop_assert!(w.ledger == after, "a replay changed the state");
-                // The slot clock: the newest recent block hash is the current one, in this slot.
-                let r = &w.ledger.recent_blockhashes;
-                prop_assert_eq!(
-                    r.back(),
-                    Some(&(w.now / splitup_protocol::state::SLOT_MS, w.ledger.blockhash))
-                );
-                prop_assert!(r.iter().zip(r.iter().skip(1)).all(|(a, b)| a.0 < b.0));
-                prop_assert!(r.len() <= splitup_protocol::state::RECENT_BLOCKHASHES);
-            }
-            Err(e) => {
-                prop_assert!(e.code() >= 1 && e.code() <= 12);
-                prop_assert!(w.ledger == before, "rejected {:?} ({}) but the state changed", op, e);
-            }
-        }
-        prop_assert_eq!(w.ledger.money_total(), w.ledger.supply as u128, "money after {:?}", op);
+        submit_checked(&mut w, &tx, &op)?;
     }
     // A snapshot restores exactly the state it was taken from.
     let restored = Ledger::restore(&w.ledger.snapshot()).map_err(TestCaseError::fail)?;
@@ -526,6 +746,19 @@ proptest! {
             s[i] ^= x.max(1);
         }
         let _ = Ledger::restore(&s);
+    }
+
+    /// Arbitrary bytes as a `POST /v1/tx` body: an error or a submission
+    /// that keeps the invariants, never a panic.
+    #[test]
+    fn hostile_tx_bodies_never_panic(bytes in prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..512),
+        proptest::collection::vec(prop::sample::select(JSONISH), 0..512),
+    ]) {
+        if let Ok(tx) = serde_json::from_slice::<SignedTx>(&bytes) {
+            let mut w = World::new(80_000);
+            submit_checked(&mut w, &tx, &tx.ix)?;
+        }
     }
 
     #[test]
@@ -714,4 +947,57 @@ fn a_damaged_snapshot_is_refused() {
     s[n - 3] ^= 1;
     assert!(Ledger::restore(&s).unwrap_err().contains("damaged"));
     assert!(Ledger::restore(b"junk").is_err());
+}
+
+/// Found by the `ledger_tx` fuzz target. An execution failed (no eligible
+/// node for its next task) while its first task was in dispute: failing
+/// released the asserter's hold and dispute, but the task stayed Disputed,
+/// and the committee's votes then released them again (u32 underflow: a
+/// panic with overflow checks, else a node whose stake could never be
+/// withdrawn). A finished execution now takes no more results, validations
+/// or votes.
+#[test]
+fn regression_votes_on_a_failed_execution_are_refused() {
+    let mut w = World::new(1_000_000);
+    let user = w.fund_nodes(1..3);
+    w.submit_execution(&user);
+    let asserter = w.ledger.executions[&1].tasks[0].node.unwrap();
+    let ak = w.key_of(&asserter).unwrap();
+    w.send(
+        &ak,
+        Instruction::SubmitResult {
+            execution: 1,
+            task: 1,
+            commitment: truth(1, 1),
+            output_uris: vec![],
+        },
+    )
+    .unwrap();
+    assert_eq!(w.ledger.executions[&1].tasks[0].status, TaskStatus::Challenged);
+    // Nobody heartbeats or validates: the validators time out, the task goes
+    // to the committee, and task 2 finds no live node until the execution fails.
+    while w.ledger.executions[&1].status == ExecStatus::InProgress && w.now < 30 * 24 * 3600 * 1000 {
+        w.now += 10_000;
+        w.ledger.tick(w.now, &w.beacon);
+    }
+    assert!(matches!(w.ledger.executions[&1].status, ExecStatus::Failed(_)));
+    assert_eq!(w.ledger.executions[&1].tasks[0].status, TaskStatus::Disputed);
+    assert_eq!(w.ledger.nodes[&asserter].disputes, 0, "failing released the dispute");
+    assert_eq!(w.ledger.nodes[&asserter].load, 0, "failing released the hold");
+    for m in 0..2 {
+        let mk = w.committee[m].clone();
+        let before = w.ledger.clone();
+        let r = w.send(
+            &mk,
+            Instruction::DisputeVote {
+                execution: 1,
+                task: 1,
+                asserter_honest: true,
+            },
+        );
+        assert!(matches!(r, Err(ProtocolError::UnexpectedResult { .. })), "{r:?}");
+        assert!(w.ledger == before);
+    }
+    assert_eq!(w.ledger.nodes[&asserter].disputes, 0);
+    assert_eq!(w.ledger.money_total(), w.ledger.supply as u128);
 }
