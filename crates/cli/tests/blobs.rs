@@ -10,56 +10,10 @@ use splitup_protocol::Keypair;
 use splitup_tensor::{allclose, npy, Tensor, Tolerance};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splitup"))
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-/// `splitup ledger start --dev` with its data in `DIR/ledger`; returns it and its URL.
-fn start_ledger(dir: &Path, extra: &[&str]) -> (Proc, String) {
-    let mut child = bin()
-        .args(["ledger", "start", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("ledger"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            eprintln!("[ledger] {l}");
-        }
-    });
-    (Proc(child), url)
-}
+mod common;
+use common::{bin, ok, start_ledger, Proc};
 
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

@@ -7,21 +7,11 @@ use splitup_graph::partition::{partition, Options};
 use splitup_graph::plan;
 use splitup_protocol::{Connection, Instruction, Keypair, ModelDef, TaskDef, TensorSpec};
 use splitup_tensor::{npy, Tensor};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splitup"))
-}
+mod common;
+use common::{bin, start_ledger};
 
 fn text(o: &Output) -> String {
     format!(
@@ -29,27 +19,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// The ledger; `extra` are more `ledger start` flags.
-fn start_ledger(dir: &Path, extra: &[&str]) -> (Proc, String) {
-    let mut child = bin()
-        .args(["ledger", "start", "--dev", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("ledger"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (Proc(child), url)
 }
 
 /// Writes the crafted models into `dir`; returns the key file's secret.

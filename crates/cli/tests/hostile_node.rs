@@ -15,7 +15,7 @@ use splitup_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,29 +26,15 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splitup"))
-}
+mod common;
+use common::{bin, Proc};
 
 /// The one place these tests start a ledger: a development network with
 /// test timeouts and few challenges (6%: the least p the security condition allows, rounded up).
 fn start_ledger(dir: &Path) -> (Proc, String) {
-    let mut child = bin()
-        .args([
-            "ledger",
-            "start",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
+    common::start_ledger(
+        dir,
+        &[
             "--p",
             "0.06",
             "--test-timeouts",
@@ -56,26 +42,8 @@ fn start_ledger(dir: &Path) -> (Proc, String) {
             // registration checks would refuse them, and the point here is
             // that nodes contain what gets past (or around) those checks.
             "--test-unchecked-registrations",
-            "--data",
-        ])
-        .arg(dir.join("ledger"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            eprintln!("[ledger] {l}");
-        }
-    });
-    (Proc(child), url)
+        ],
+    )
 }
 
 fn get(url: &str, path: &str) -> serde_json::Value {

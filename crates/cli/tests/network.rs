@@ -4,31 +4,10 @@
 use splitup_tensor::{allclose, npy, Tensor, Tolerance};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_splitup"))
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+mod common;
+use common::{bin, ok, start_ledger_env, Proc};
 
 fn start_ledger(dir: &Path) -> (Proc, String) {
     start_ledger_with(dir, "127.0.0.1:0", &[])
@@ -36,32 +15,6 @@ fn start_ledger(dir: &Path) -> (Proc, String) {
 
 fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
     start_ledger_env(dir, listen, extra, &[])
-}
-
-fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, String)]) -> (Proc, String) {
-    let mut child = bin()
-        .args(["ledger", "start", "--dev", "--listen", listen, "--data"])
-        .arg(dir.join("ledger"))
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    let tag = dir.file_name().unwrap().to_string_lossy().into_owned();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            eprintln!("[ledger {tag}] {l}");
-        }
-    });
-    (Proc(child), url)
 }
 
 /// Creates the key file `key` and funds it with 5000 USDC from the faucet.
