@@ -9,6 +9,8 @@ Each is what an attacker would hand a user, a deployer or a node:
 - loop_2_62.onnx: a Loop whose trip count is the constant 2^62;
 - over_vram.onnx: ConstantOfShape whose shape is a model input (the user
   can make it allocate any amount);
+- type_mismatch.onnx: Add of a float input and an int64 initializer, which
+  passes the op allow-list but ONNX Runtime refuses to load;
 - ir14.onnx: a plain model saved with IR version 14, which the pinned ONNX
   Runtime cannot load (onnx 1.23 writes it by default).
 Usage: python3 hostile_models.py OUT
@@ -110,6 +112,15 @@ def main(out):
     big = helper.make_tensor_value_info("big", TensorProto.FLOAT, None)
     g = helper.make_graph([helper.make_node("ConstantOfShape", ["n"], ["big"])], "alloc", [s], [big])
     save(helper.make_model(g, opset_imports=opset()), out, "over_vram.onnx")
+
+    g = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "mismatch",
+        [f],
+        [fy],
+        [helper.make_tensor("c", TensorProto.INT64, [4], [1, 2, 3, 4])],
+    )
+    save(helper.make_model(g, opset_imports=opset()), out, "type_mismatch.onnx")
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain", [f], [fy])
     save(helper.make_model(g, opset_imports=opset()), out, "ir14.onnx", ir=14)

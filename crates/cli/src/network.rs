@@ -38,6 +38,8 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         },
         test_panic_on_transfer: a.test_panic_on_transfer,
         test_unchecked_registrations: a.test_unchecked_registrations,
+        // Registration loads each task in ONNX Runtime in a worker: this executable.
+        worker: splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"]).ok(),
         test_timeouts: a.test_timeouts,
         retention_ms: a.retention_secs.saturating_mul(1000),
         snapshot_every: a.snapshot_every,

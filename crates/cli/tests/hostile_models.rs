@@ -236,6 +236,13 @@ fn registrations_that_bypass_the_cli_are_checked_against_their_blobs() {
         let g = c.put_blob(std::fs::read(dir.join(file)).unwrap()).unwrap();
         refused(one_task(&g, w), why);
     }
+    // A graph the gate passes but ONNX Runtime refuses (float + int64): the
+    // ledger loads each task in a worker before it registers anything.
+    let c4 = weights(vec![("c", Tensor::from_i64(vec![4], &[1, 2, 3, 4]).unwrap())]);
+    let g = c
+        .put_blob(std::fs::read(dir.join("type_mismatch.onnx")).unwrap())
+        .unwrap();
+    refused(one_task(&g, &c4), "does not load");
     // A blob that is not in the store.
     let ghost = splitup_store::hash_of(b"never uploaded");
     refused(one_task(&ghost, &no_weights), "no blob");

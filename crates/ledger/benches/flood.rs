@@ -59,6 +59,7 @@ fn config(data: &Path) -> Config {
         },
         test_panic_on_transfer: None,
         test_unchecked_registrations: false,
+        worker: None,
         upload_quota_node: splitup_ledger::blobs::UPLOAD_QUOTA_NODE,
         upload_quota_account: splitup_ledger::blobs::UPLOAD_QUOTA_ACCOUNT,
         orphan_ttl_ms: 3_600_000,

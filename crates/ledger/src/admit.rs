@@ -6,6 +6,11 @@
 //! - every task passes the gate (`plan::join_weights` → `check_runnable`:
 //!   allow-listed ops, no external data, bounded loops, versions the pinned
 //!   ONNX Runtime loads);
+//! - ONNX Runtime loads it, in a task worker (`splitup_exec::worker`: a
+//!   child process under the memory ceiling the task's declared VRAM allows
+//!   and a load time limit), so a hostile graph never reaches a runtime in
+//!   the ledger's own process; without a worker command (an embedded ledger
+//!   in a benchmark) this step is skipped;
 //! - the declared inputs and outputs are the task graph's own (names, types,
 //!   shapes);
 //! - the declared VRAM and compute units are at least what the graph
@@ -17,18 +22,21 @@
 //! This is the shell's check (a Solana program cannot run it): the rules in
 //! `splitup_protocol` stay pure.
 
+use splitup_exec::worker::{memory_ceiling, Worker, WorkerCommand};
 use splitup_graph::model::Graph;
 use splitup_graph::partition::{partition, Options};
 use splitup_graph::shape::Bindings;
 use splitup_protocol::crypto::to_hex;
 use splitup_protocol::{ModelDef, TaskDef, TensorSpec};
 use splitup_store::Store;
+use std::time::Duration;
 
 /// Declared figures may be this much (percent) below the recomputed ones.
 const SLACK_PCT: u64 = 10;
 
 /// Checks a model about to be registered; `Err` says which task and why.
-pub async fn check_model(def: &ModelDef, store: &Store) -> Result<(), String> {
+/// `worker` starts the task workers that load each task in ONNX Runtime.
+pub async fn check_model(def: &ModelDef, store: &Store, worker: Option<&WorkerCommand>) -> Result<(), String> {
     for (i, t) in def.tasks.iter().enumerate() {
         let task = i + 1;
         let fetch = |h: [u8; 32], what: &'static str| async move {
@@ -41,9 +49,16 @@ pub async fn check_model(def: &ModelDef, store: &Store) -> Result<(), String> {
         let graph = fetch(t.graph_hash, "graph").await?;
         let weights = fetch(t.weight_hash, "weights").await?;
         let t = t.clone();
-        tokio::task::spawn_blocking(move || check_task(task, &t, &graph, &weights))
-            .await
-            .map_err(|e| format!("task {task}: the check failed: {e}"))??;
+        let worker = worker.cloned();
+        tokio::task::spawn_blocking(move || {
+            let joined = check_task(task, &t, &graph, &weights)?;
+            match worker {
+                Some(cmd) => loads(task, &t, &joined, &cmd),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| format!("task {task}: the check failed: {e}"))??;
     }
     Ok(())
 }
@@ -65,8 +80,28 @@ fn specs_match(task: usize, what: &str, declared: &[TensorSpec], actual: &[Tenso
     Ok(())
 }
 
-/// The gate, the interface and the recomputed requirement of one task.
-pub fn check_task(task: usize, t: &TaskDef, graph: &[u8], weights: &[u8]) -> Result<(), String> {
+/// Loads the joined task in a task worker; a refusal (or the worker dying,
+/// or passing its ceiling or time) refuses the model. A worker this machine
+/// cannot start is reported and not held against the model.
+fn loads(task: usize, t: &TaskDef, joined: &[u8], cmd: &WorkerCommand) -> Result<(), String> {
+    let limit = LOAD_FLOOR.saturating_add(Duration::from_secs(joined.len() as u64 / 50_000_000));
+    let attempt = Worker::start(cmd, memory_ceiling(t.vram, 1), 1).and_then(|mut w| w.load(joined, limit));
+    match attempt {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_task_fault() => Err(format!("task {task}: does not load: {e}")),
+        Err(e) => {
+            eprintln!("warning: registration: task {task} not load-tested: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// Time allowed to load a task: a floor plus 1 s per 50 MB.
+const LOAD_FLOOR: Duration = Duration::from_secs(30);
+
+/// The gate, the interface and the recomputed requirement of one task;
+/// returns the task's ONNX with its weights joined.
+pub fn check_task(task: usize, t: &TaskDef, graph: &[u8], weights: &[u8]) -> Result<Vec<u8>, String> {
     let joined = splitup_graph::plan::join_weights(graph, weights).map_err(|(_, e)| format!("task {task}: {e}"))?;
     let g = Graph::load(&joined).map_err(|e| format!("task {task}: {e}"))?;
     let fixed = |name: &str, vt: Option<&splitup_graph::model::ValueType>| -> Option<TensorSpec> {
@@ -108,7 +143,7 @@ pub fn check_task(task: usize, t: &TaskDef, graph: &[u8], weights: &[u8]) -> Res
     let p = match partition(&g, &Bindings::default(), &opts) {
         Ok(p) => p,
         // Only a runtime could tell (see the module docs): the nodes enforce the declared figures.
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(joined),
     };
     // Outputs whose type the graph leaves open: as inferred.
     for (n, s) in g.outputs.iter().map(|(n, _)| n).zip(&t.outputs) {
@@ -142,5 +177,5 @@ pub fn check_task(task: usize, t: &TaskDef, graph: &[u8], weights: &[u8]) -> Res
             t.compute_units
         ));
     }
-    Ok(())
+    Ok(joined)
 }

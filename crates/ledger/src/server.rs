@@ -58,6 +58,9 @@ pub struct Config {
     /// Tests only: register models without checking their blobs (to show
     /// that nodes contain what a lax or bypassed check lets through).
     pub test_unchecked_registrations: bool,
+    /// How to start a task worker (`splitup node worker`), with which
+    /// registration loads each task in ONNX Runtime; `None` skips that step.
+    pub worker: Option<splitup_exec::worker::WorkerCommand>,
     /// Bytes a node with stake may upload through `/v1/blobs` per rolling
     /// 24 h ([`blobs::UPLOAD_QUOTA_NODE`] by default), and any other account
     /// ([`blobs::UPLOAD_QUOTA_ACCOUNT`]).
@@ -392,6 +395,8 @@ pub(crate) struct AppState {
     pub(crate) limits: crate::limits::Limits,
     /// `RegisterModel` is checked against its blobs (`admit`); off only in tests.
     pub(crate) check_registrations: bool,
+    /// Starts the task workers that load registered tasks in ONNX Runtime.
+    pub(crate) worker: Option<splitup_exec::worker::WorkerCommand>,
     pub(crate) access: blobs::Access,
 }
 
@@ -511,7 +516,7 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
             return protocol_error(ProtocolError::BadSignature);
         }
         if s.check_registrations {
-            if let Err(why) = crate::admit::check_model(def, &s.blobs).await {
+            if let Err(why) = crate::admit::check_model(def, &s.blobs, s.worker.as_ref()).await {
                 return protocol_error(ProtocolError::InvalidModel(why));
             }
         }
@@ -841,6 +846,7 @@ fn router(
     rates: crate::limits::Rates,
     check_registrations: bool,
     access: blobs::Access,
+    worker: Option<splitup_exec::worker::WorkerCommand>,
 ) -> (Router, Shared) {
     let state: Shared = Arc::new(AppState {
         core: Mutex::new(core),
@@ -848,6 +854,7 @@ fn router(
         collected: Mutex::new(Default::default()),
         limits: crate::limits::Limits::new(rates),
         check_registrations,
+        worker,
         access,
     });
     let r = Router::new()
@@ -890,7 +897,14 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
     };
     let blobs_url = blobs.url().to_string();
     let access = blobs::Access::new(cfg.upload_quota_node, cfg.upload_quota_account, cfg.orphan_ttl_ms);
-    let (app, state) = router(core, blobs, cfg.limits, !cfg.test_unchecked_registrations, access);
+    let (app, state) = router(
+        core,
+        blobs,
+        cfg.limits,
+        !cfg.test_unchecked_registrations,
+        access,
+        cfg.worker.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| ServerError::Other(format!("cannot listen on {}: {e}", cfg.listen)))?;
