@@ -35,6 +35,9 @@ pub enum RunError {
     },
     #[error("{0}")]
     Inputs(String),
+    /// The gate refused the model before any runtime saw it.
+    #[error("the model is refused: {0}")]
+    Refused(splitup_graph::model::LoadError),
     #[error(transparent)]
     Exec(#[from] ExecError),
 }
@@ -336,7 +339,7 @@ pub fn execute(
 /// (`check_runnable`: allow-list, no external data, bounded loops, versions).
 pub fn prepare_model(g: &Graph, rt: &dyn Runtime) -> Result<Box<dyn Session>, RunError> {
     let proto = g.to_proto(true);
-    splitup_graph::model::check_runnable(&proto).map_err(|e| RunError::Inputs(format!("the model is refused: {e}")))?;
+    splitup_graph::model::check_runnable(&proto).map_err(RunError::Refused)?;
     use prost::Message;
     Ok(rt.load(&proto.encode_to_vec())?)
 }

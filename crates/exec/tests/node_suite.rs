@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Passes recorded in BENCHMARKS.md; a drop below this is a regression.
-const PASSED_MIN: usize = 1341;
+const PASSED_MIN: usize = 1338;
 
 enum Outcome {
     Passed,
@@ -55,6 +55,8 @@ fn run_case(dir: &Path, rt: &dyn Runtime) -> Outcome {
     };
     let mut session = match runner::prepare_model(&g, rt) {
         Ok(s) => s,
+        // The gate's refusals (an unbounded Loop, a training Dropout) are refusals by name.
+        Err(e @ runner::RunError::Refused(_)) => return Outcome::Rejected(e.to_string()),
         Err(e) => return Outcome::Failed(format!("load: {e}")),
     };
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -235,8 +237,9 @@ fn onnx_node_suite_runs_through_the_executor() {
     for (why, n) in by_count {
         eprintln!("  {n:>4}  {why}");
     }
-    // Control flow with bounded subgraphs now runs; strings and random ops are rejected by name.
-    for case in ["test_if", "test_loop11", "test_scan9_sum"] {
+    // Control flow with bounded subgraphs runs; strings, random ops and a
+    // Loop whose trip count is an input (unbounded) are rejected by name.
+    for case in ["test_if", "test_scan9_sum"] {
         assert!(
             by_name(&rejected, case).is_none() && by_name(&failed, case).is_none(),
             "{case} should pass: {:?}",
@@ -246,6 +249,8 @@ fn onnx_node_suite_runs_through_the_executor() {
     for (case, word) in [
         ("test_strnormalizer_export_monday_casesensintive_lower", "string"),
         ("test_bernoulli", "Bernoulli"),
+        ("test_loop11", "trip count"),
+        ("test_training_dropout_zero_ratio", "training_mode"),
     ] {
         let why = by_name(&rejected, case).unwrap_or_else(|| panic!("{case} should be rejected"));
         assert!(why.contains(word), "{case} rejected without naming {word}: {why}");
