@@ -44,12 +44,7 @@ fn write_npy(path: &Path, t: &Tensor) {
 /// (model file, its input, what the refusal names; at `run`, at `deploy`).
 fn cases() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     vec![
-        (
-            "key_initializer.onnx",
-            "x=key_x.npy",
-            "private to its owner",
-            "private to its owner",
-        ),
+        ("key_initializer.onnx", "x=key_x.npy", "is a key file", "is a key file"),
         ("key_attribute.onnx", "x=key_x.npy", "external data", "external data"),
         ("custom_op.onnx", "x=x.npy", "com.evil::Steal", "com.evil::Steal"),
         ("loop_2_62.onnx", "x=x.npy", "trip count", "1048576 iterations"),

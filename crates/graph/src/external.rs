@@ -101,16 +101,16 @@ pub fn resolve(model: &mut ModelProto, dir: &Path) -> Result<u64, String> {
         if !meta.is_file() {
             return Err(bad(&t.name, &format!("{location:?} is not a regular file")));
         }
-        // Secrets (SplitUp key files, SSH keys) are private to their owner;
-        // weights are not. A model must not turn a secret into a weight.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o044 == 0 {
+        // A model must not turn a secret into a weight: a SplitUp key file
+        // (a small JSON document with a "secret") or a PEM/OpenSSH key is
+        // never tensor data. (File modes cannot tell: `onnx` itself writes
+        // external data files as 0600.)
+        if meta.len() <= SECRET_FILE_BYTES_MAX {
+            let head = std::fs::read(&real).map_err(|e| bad(&t.name, &e.to_string()))?;
+            if looks_like_a_secret(&head) {
                 return Err(bad(
                     &t.name,
-                    &format!("{location:?} is private to its owner (mode {mode:o}), as secrets and key files are; weights are never read from such a file (chmod a+r it if it really holds weights)"),
+                    &format!("{location:?} is a key file, not tensor data; weights are never read from key files"),
                 ));
             }
         }
@@ -138,4 +138,16 @@ pub fn resolve(model: &mut ModelProto, dir: &Path) -> Result<u64, String> {
 
 fn bad(name: &str, why: &str) -> String {
     format!("initializer {name:?} uses external data, and {why}")
+}
+
+/// Key files are small; larger files are not inspected.
+const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// A SplitUp key file (`{"secret": …}`), or a PEM / OpenSSH private key.
+fn looks_like_a_secret(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let t = text.trim_start();
+    (t.starts_with('{') && t.contains("\"secret\"")) || t.starts_with("-----BEGIN") || t.contains("PRIVATE KEY-----")
 }
