@@ -8,12 +8,11 @@ use splitup_ledger::keys;
 use splitup_protocol::crypto::{blob_request_message, to_hex};
 use splitup_protocol::Keypair;
 use splitup_tensor::{allclose, npy, Tensor, Tolerance};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
-use std::process::Stdio;
 
 mod common;
-use common::{bin, ok, start_ledger, Proc};
+use common::{bin, fund_key, ok, start_ledger, Proc};
 
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -285,52 +284,13 @@ fn a_1_gib_upload_streams_through_the_ledger_in_bounded_memory() {
 
 // ---- A small real network: a ledger, one node, a deployed model. ----
 
-/// Creates the key file `key` and funds it with `usdc` from the faucet.
-fn fund_key(dir: &Path, url: &str, key: &str, usdc: u64) {
-    ok(bin()
-        .args(["keys", "new", "-o", key])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", url, "--key", key, "--amount", &usdc.to_string()])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-}
-
 fn key(dir: &Path, name: &str) -> Keypair {
     keys::read(&dir.join(name)).unwrap()
 }
 
 /// Starts a node (key `NAME.json`) and waits until it reports that it is registered.
 fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
-    let key = format!("{name}.json");
-    fund_key(dir, url, &key, 5000);
-    let mut child = bin()
-        .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "node {name} exited before registering"
-        );
-        if line.contains("registered") {
-            break;
-        }
-    }
-    let tag = name.to_string();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            eprintln!("[{tag}] {l}");
-        }
-    });
-    Proc(child)
+    common::start_node_env(dir, url, name, &[], &[])
 }
 
 /// Deploys the generated 8-layer model as model 1 with `user.json` and

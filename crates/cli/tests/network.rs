@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{bin, ok, start_ledger_env, Proc};
+use common::{bin, fund_key, ok, start_ledger_env, start_node_env, Proc};
 
 fn start_ledger(dir: &Path) -> (Proc, String) {
     start_ledger_with(dir, "127.0.0.1:0", &[])
@@ -17,20 +17,6 @@ fn start_ledger_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String)
     start_ledger_env(dir, listen, extra, &[])
 }
 
-/// Creates the key file `key` and funds it with 5000 USDC from the faucet.
-fn fund_key(dir: &Path, url: &str, key: &str) {
-    ok(bin()
-        .args(["keys", "new", "-o", key])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-    ok(bin()
-        .args(["faucet", "--ledger", url, "--key", key, "--amount", "5000"])
-        .current_dir(dir)
-        .output()
-        .unwrap());
-}
-
 /// Starts a node and waits until it reports that it is registered.
 fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
     start_node_with(dir, url, name, &[])
@@ -38,38 +24,6 @@ fn start_node(dir: &Path, url: &str, name: &str) -> Proc {
 
 fn start_node_with(dir: &Path, url: &str, name: &str, extra: &[&str]) -> Proc {
     start_node_env(dir, url, name, extra, &[])
-}
-
-fn start_node_env(dir: &Path, url: &str, name: &str, extra: &[&str], env: &[(&str, String)]) -> Proc {
-    let key = format!("{name}.json");
-    fund_key(dir, url, &key);
-    let mut child = bin()
-        .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
-        .args(extra)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "node {name} exited before registering"
-        );
-        if line.contains("registered") {
-            break;
-        }
-    }
-    // Keep draining its output so the node never blocks on a full pipe.
-    let tag = name.to_string();
-    std::thread::spawn(move || {
-        for l in out.lines().map_while(Result::ok) {
-            eprintln!("[{tag}] {l}");
-        }
-    });
-    Proc(child)
 }
 
 #[test]
@@ -511,7 +465,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
     let dir = d.path();
     let (_ledger, url) = start_ledger(dir);
     let (reference, _) = deploy_and_reference(dir, &url);
-    fund_key(dir, &url, "small.json");
+    fund_key(dir, &url, "small.json", 5000);
     // Room for about two of the ≥ 4 tasks (each needs at most 700 KiB).
     let mut child = bin()
         .args([

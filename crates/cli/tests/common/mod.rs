@@ -64,3 +64,52 @@ pub fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, 
     });
     (Proc(child), url)
 }
+
+/// A new key file `DIR/KEY` holding `usdc` from the faucet.
+pub fn fund_key(dir: &Path, url: &str, key: &str, usdc: u64) {
+    ok(bin()
+        .args(["keys", "new", "-o", key])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["faucet", "--ledger", url, "--key", key, "--amount", &usdc.to_string()])
+        .current_dir(dir)
+        .output()
+        .unwrap());
+}
+
+/// Funds key `NAME.json` with 5000 USDC, starts a node on it (8 GiB, plus
+/// `extra` flags and `env`) and waits until it reports that it is
+/// registered; its output after that is forwarded to stderr.
+pub fn start_node_env(dir: &Path, url: &str, name: &str, extra: &[&str], env: &[(&str, String)]) -> Proc {
+    let key = format!("{name}.json");
+    fund_key(dir, url, &key, 5000);
+    let mut child = bin()
+        .args(["node", "start", "--ledger", url, "--key", &key, "--vram", "8GiB"])
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "node {name} exited before registering"
+        );
+        if line.contains("registered") {
+            break;
+        }
+    }
+    // Keep draining its output so the node never blocks on a full pipe.
+    let tag = name.to_string();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {l}");
+        }
+    });
+    Proc(child)
+}
