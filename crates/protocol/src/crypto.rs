@@ -95,6 +95,36 @@ pub fn blob_request_message(method: &str, hash: &str, expires_ms: u64) -> Vec<u8
     format!("splitup-blob-request-v1\n{method}\n{hash}\n{expires_ms}").into_bytes()
 }
 
+/// The seal a validator commits before it may see the result it checks:
+/// BLAKE3 keyed by (domain tag, validator, execution, task) over its output
+/// bytes. Producing it needs the bytes themselves, not their hash (which is
+/// public once the asserter commits), and it differs per validator, so a
+/// seal can be neither copied from the asserter nor from another validator.
+pub fn validation_seal(validator: &Pubkey, execution: u64, task: u32, output_bytes: &[u8]) -> [u8; 32] {
+    let key = blake3::hash(
+        &[
+            &b"splitup-validation-seal-v1"[..],
+            &validator.0,
+            &execution.to_le_bytes(),
+            &task.to_le_bytes(),
+        ]
+        .concat(),
+    );
+    *blake3::keyed_hash(key.as_bytes(), output_bytes).as_bytes()
+}
+
+/// Whether every URI names the blob `commitment` (its last path segment is
+/// the commitment's 64 hex digits), and there is at least one: a result's
+/// location is bound to what was committed, so a reader can never be sent
+/// to other bytes than the ones validated.
+pub fn uris_name(uris: &[String], commitment: &[u8; 32]) -> bool {
+    let hex = to_hex(commitment);
+    !uris.is_empty()
+        && uris
+            .iter()
+            .all(|u| u.rsplit('/').next() == Some(hex.as_str()) && !u.contains(['?', '#']))
+}
+
 /// 64 bytes from exactly 128 lowercase hex digits (a signature), or `None`.
 pub fn from_hex64(s: &str) -> Option<[u8; 64]> {
     if s.len() != 128 || !s.is_char_boundary(64) {

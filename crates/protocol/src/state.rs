@@ -34,9 +34,8 @@ pub struct Node {
     pub status: NodeStatus,
     /// Tasks and validations currently held.
     pub load: u32,
+    /// Disputes it is party to (asserter, validator or committee member).
     pub disputes: u32,
-    pub suspect: bool,
-    pub liveness_votes: BTreeMap<Pubkey, bool>,
     pub slashed_total: Micro,
     pub earned_total: Micro,
 }
@@ -84,9 +83,16 @@ pub struct TaskRun {
     pub draw: Option<VrfProof>,
     pub challenged: bool,
     pub validator: Option<Pubkey>,
+    /// The validator's sealed recomputation ([`crate::crypto::validation_seal`]).
+    pub validator_seal: Option<[u8; 32]>,
+    /// Revealed after the seal: the BLAKE3 of its outputs, and where they are.
     pub validator_commitment: Option<[u8; 32]>,
+    pub validator_uris: Vec<String>,
     pub validator_attempts: u32,
-    pub votes: BTreeMap<Pubkey, bool>,
+    /// The committee drawn for a dispute, and each member's (asserter
+    /// honest?, validator honest?) vote.
+    pub committee: Vec<Pubkey>,
+    pub votes: BTreeMap<Pubkey, (Option<bool>, Option<bool>)>,
     /// Nodes that failed or cheated on this task: not assigned it again.
     pub excluded: Vec<Pubkey>,
     /// Already paid from escrow (so an invalidation refunds from the treasury).
@@ -112,8 +118,11 @@ impl TaskRun {
             draw: None,
             challenged: false,
             validator: None,
+            validator_seal: None,
             validator_commitment: None,
+            validator_uris: vec![],
             validator_attempts: 0,
+            committee: vec![],
             votes: BTreeMap::new(),
             excluded: vec![],
             paid: false,
@@ -158,7 +167,6 @@ pub struct Execution {
 pub struct Genesis {
     pub params: Params,
     pub mint_authority: Pubkey,
-    pub committee: [Pubkey; 3],
     pub beacon: Pubkey,
 }
 
@@ -166,7 +174,6 @@ pub struct Genesis {
 pub struct Ledger {
     pub params: Params,
     pub mint_authority: Pubkey,
-    pub committee: [Pubkey; 3],
     pub beacon: Pubkey,
     pub accounts: BTreeMap<Pubkey, Account>,
     pub nodes: BTreeMap<Pubkey, Node>,
@@ -249,7 +256,6 @@ impl Ledger {
         Ok(Ledger {
             params: g.params,
             mint_authority: g.mint_authority,
-            committee: g.committee,
             beacon: g.beacon,
             accounts: BTreeMap::new(),
             nodes: BTreeMap::new(),
@@ -522,8 +528,6 @@ impl Ledger {
                     .get_mut(&signer)
                     .ok_or_else(|| err_unknown("node", signer.short()))?;
                 n.last_heartbeat = now;
-                n.suspect = false;
-                n.liveness_votes.clear();
                 n.status = NodeStatus::Active;
                 Ok(())
             }
@@ -562,19 +566,29 @@ impl Ledger {
                 commitment,
                 output_uris,
             } => self.submit_result(signer, *execution, *task, *commitment, output_uris, now, beacon),
-            Instruction::SubmitValidation {
+            Instruction::SubmitValidation { execution, task, seal } => {
+                self.submit_validation(signer, *execution, *task, *seal, now)
+            }
+            Instruction::RevealValidation {
                 execution,
                 task,
                 commitment,
-            } => self.submit_validation(signer, *execution, *task, *commitment, now, beacon),
-            Instruction::LivenessVote { node, unresponsive } => {
-                self.liveness_vote(signer, *node, *unresponsive, now, beacon)
-            }
+                output_uris,
+            } => self.reveal_validation(signer, *execution, *task, *commitment, output_uris, now, beacon),
             Instruction::DisputeVote {
                 execution,
                 task,
                 asserter_honest,
-            } => self.dispute_vote(signer, *execution, *task, *asserter_honest, now, beacon),
+                validator_honest,
+            } => self.dispute_vote(
+                signer,
+                *execution,
+                *task,
+                *asserter_honest,
+                *validator_honest,
+                now,
+                beacon,
+            ),
         }
     }
 
@@ -746,8 +760,6 @@ impl Ledger {
             status: NodeStatus::Active,
             load: 0,
             disputes: 0,
-            suspect: false,
-            liveness_votes: BTreeMap::new(),
             slashed_total: 0,
             earned_total: 0,
         });
@@ -906,7 +918,7 @@ impl Ledger {
         }
         let t = task as usize - 1;
         if let Some(n) = self.nodes.get_mut(&node) {
-            n.load = n.load.saturating_sub(1);
+            dec(&mut n.load);
         }
         let e = self
             .executions
@@ -976,6 +988,7 @@ impl Ledger {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn submit_result(
         &mut self,
         node: Pubkey,
@@ -986,12 +999,7 @@ impl Ledger {
         now: Millis,
         beacon: &dyn Beacon,
     ) -> Result<(), ProtocolError> {
-        if uris.len() > self.params.uris_per_result_max || uris.iter().any(|u| u.len() > self.params.uri_bytes_max) {
-            return Err(ProtocolError::Invalid(format!(
-                "at most {} output URIs of {} bytes",
-                self.params.uris_per_result_max, self.params.uri_bytes_max
-            )));
-        }
+        self.check_uris(uris, &commitment)?;
         let run = self.run_ref(execution, task)?;
         let unexpected = |why: &str| {
             Err(ProtocolError::UnexpectedResult {
@@ -1025,7 +1033,7 @@ impl Ledger {
             r.challenged = challenged;
         }
         if challenged {
-            let validator = self.pick_validator(execution, task, &beta, now);
+            let validator = self.pick_validator(execution, task, beacon);
             self.events.push(Event::Drawn {
                 execution,
                 task,
@@ -1037,7 +1045,7 @@ impl Ledger {
             r.status = TaskStatus::Challenged;
             match validator {
                 Some(v) => self.assign_validator(execution, task, v, now),
-                None => self.escalate(execution, task),
+                None => self.escalate(execution, task, now, beacon),
             }
         } else {
             self.events.push(Event::Drawn {
@@ -1053,14 +1061,32 @@ impl Ledger {
         Ok(())
     }
 
+    /// Output locations are bounded and bound to the commitment.
+    fn check_uris(&self, uris: &[String], commitment: &[u8; 32]) -> Result<(), ProtocolError> {
+        if uris.len() > self.params.uris_per_result_max || uris.iter().any(|u| u.len() > self.params.uri_bytes_max) {
+            return Err(ProtocolError::Invalid(format!(
+                "at most {} output URIs of {} bytes",
+                self.params.uris_per_result_max, self.params.uri_bytes_max
+            )));
+        }
+        if !crate::crypto::uris_name(uris, commitment) {
+            return Err(ProtocolError::Invalid(
+                "the output URIs must name the committed blob (their last path segment is the commitment's hex)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn assign_validator(&mut self, execution: u64, task: u32, v: Pubkey, now: Millis) {
         let model = self.executions[&execution].model;
-        let deadline = now + self.timeout(&self.models[&model].def.tasks[task as usize - 1], 0);
+        let deadline = now.saturating_add(self.timeout(&self.models[&model].def.tasks[task as usize - 1], 0));
         let r = &mut self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1];
         r.validator = Some(v);
-        r.validator_attempts += 1;
+        r.validator_seal = None;
+        r.validator_attempts = r.validator_attempts.saturating_add(1);
         r.deadline = deadline;
-        self.nodes.get_mut(&v).unwrap().load += 1;
+        inc(&mut self.nodes.get_mut(&v).unwrap().load);
         self.events.push(Event::ValidatorAssigned {
             execution,
             task,
@@ -1069,21 +1095,56 @@ impl Ledger {
         });
     }
 
-    /// No validator answered (or none exists): the committee arbitrates.
-    fn escalate(&mut self, execution: u64, task: u32) {
-        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1];
-        r.status = TaskStatus::Disputed;
-        let (asserter, validator) = (r.node.unwrap(), r.validator);
-        self.nodes.get_mut(&asserter).unwrap().disputes += 1;
-        if let Some(v) = validator {
-            self.nodes.get_mut(&v).unwrap().disputes += 1;
+    /// Asserter and validator disagree, or no validator answered: a
+    /// committee drawn by the VRF from the staked nodes that support the
+    /// task (weighted by stake, never the asserter or the validator)
+    /// re-executes it and judges both sides by `dispute_ms` from now.
+    fn escalate(&mut self, execution: u64, task: u32, now: Millis, beacon: &dyn Beacon) {
+        let t = task as usize - 1;
+        let (asserter, validator) = {
+            let r = &self.executions[&execution].tasks[t];
+            (r.node.unwrap(), r.validator)
+        };
+        let mut avoid = vec![asserter];
+        avoid.extend(validator);
+        let mut committee = Vec::new();
+        for i in 0..self.params.committee_size {
+            let purpose = [&b"committee"[..], &i.to_le_bytes()].concat();
+            match self.draw(execution, task, &purpose, &avoid, true, beacon) {
+                Some(m) => {
+                    avoid.push(m);
+                    committee.push(m);
+                }
+                None => break,
+            }
+        }
+        let deadline = now.saturating_add(self.params.dispute_ms);
+        {
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.status = TaskStatus::Disputed;
+            r.committee = committee.clone();
+            r.votes.clear();
+            r.deadline = deadline;
+        }
+        for k in std::iter::once(asserter).chain(validator).chain(committee.iter().copied()) {
+            inc(&mut self.nodes.get_mut(&k).unwrap().disputes);
         }
         self.events.push(Event::Disputed {
             execution,
             task,
             asserter,
             validator,
+            committee: committee.clone(),
+            deadline,
         });
+        if (committee.len() as u32) < majority(self.params.committee_size) {
+            let why = format!(
+                "dispute on task {task}: only {} nodes other than the asserter and validator can judge it, {} needed",
+                committee.len(),
+                majority(self.params.committee_size)
+            );
+            self.end_undecided(execution, task, why, now);
+        }
     }
 
     fn submit_validation(
@@ -1091,46 +1152,79 @@ impl Ledger {
         v: Pubkey,
         execution: u64,
         task: u32,
-        commitment: [u8; 32],
+        seal: [u8; 32],
         now: Millis,
-        beacon: &dyn Beacon,
     ) -> Result<(), ProtocolError> {
         let run = self.run_ref(execution, task)?;
-        if run.status != TaskStatus::Challenged || run.validator != Some(v) || run.validator_commitment.is_some() {
+        if run.status != TaskStatus::Challenged || run.validator != Some(v) || run.validator_seal.is_some() {
             return Err(ProtocolError::UnexpectedResult {
                 execution,
                 task,
                 why: "no validation of this task is expected from this node".into(),
             });
         }
+        // The reveal gets the task's timeout again from the seal.
+        let model = self.executions[&execution].model;
+        let deadline = now.saturating_add(self.timeout(&self.models[&model].def.tasks[task as usize - 1], 0));
+        let r = &mut self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1];
+        r.validator_seal = Some(seal);
+        r.deadline = deadline;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reveal_validation(
+        &mut self,
+        v: Pubkey,
+        execution: u64,
+        task: u32,
+        commitment: [u8; 32],
+        uris: &[String],
+        now: Millis,
+        beacon: &dyn Beacon,
+    ) -> Result<(), ProtocolError> {
+        self.check_uris(uris, &commitment)?;
+        let run = self.run_ref(execution, task)?;
+        if run.status != TaskStatus::Challenged
+            || run.validator != Some(v)
+            || run.validator_seal.is_none()
+            || run.validator_commitment.is_some()
+        {
+            return Err(ProtocolError::UnexpectedResult {
+                execution,
+                task,
+                why: "no reveal of this task is expected from this node (seal first)".into(),
+            });
+        }
         let matched = run.commitment == Some(commitment);
         let t = task as usize - 1;
-        self.nodes.get_mut(&v).unwrap().load -= 1;
-        self.executions.get_mut(&execution).unwrap().tasks[t].validator_commitment = Some(commitment);
+        dec(&mut self.nodes.get_mut(&v).unwrap().load);
+        {
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.validator_commitment = Some(commitment);
+            r.validator_uris = uris.to_vec();
+        }
         if matched {
             self.pay_validator(execution, task, v);
             self.complete_task(execution, task);
         } else {
-            self.escalate(execution, task);
+            self.escalate(execution, task, now, beacon);
         }
         self.progress(execution, now, beacon);
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dispute_vote(
         &mut self,
         member: Pubkey,
         execution: u64,
         task: u32,
-        asserter_honest: bool,
+        asserter: Option<bool>,
+        validator: Option<bool>,
         now: Millis,
         beacon: &dyn Beacon,
     ) -> Result<(), ProtocolError> {
-        if !self.committee.contains(&member) {
-            return Err(ProtocolError::Unauthorized(
-                "only committee members vote on disputes".into(),
-            ));
-        }
         let run = self.run_ref(execution, task)?;
         if run.status != TaskStatus::Disputed {
             return Err(ProtocolError::UnexpectedResult {
@@ -1139,88 +1233,200 @@ impl Ledger {
                 why: "the task is not in dispute".into(),
             });
         }
+        if !run.committee.contains(&member) {
+            return Err(ProtocolError::Unauthorized(
+                "only the members drawn for this dispute vote on it".into(),
+            ));
+        }
+        if now >= run.deadline {
+            return Err(ProtocolError::Locked(format!(
+                "the dispute's deadline ({} ms) has passed",
+                run.deadline
+            )));
+        }
         if run.votes.contains_key(&member) {
             return Err(ProtocolError::Invalid("this member already voted".into()));
         }
         let t = task as usize - 1;
         let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
-        r.votes.insert(member, asserter_honest);
-        let yes = r.votes.values().filter(|v| **v).count();
-        let no = r.votes.len() - yes;
-        if yes >= 2 || no >= 2 {
-            self.resolve_dispute(execution, task, yes >= 2, now);
-            self.progress(execution, now, beacon);
+        r.votes.insert(member, (asserter, validator));
+        let (a, v, all) = self.tally(execution, task);
+        let validator_on_record = self.executions[&execution].tasks[t].validator_commitment.is_some();
+        match a {
+            Some(a) if v.is_some() || !validator_on_record || all => {
+                self.resolve_dispute(execution, task, a, v.filter(|_| validator_on_record), false);
+                self.progress(execution, now, beacon);
+            }
+            None if all => {
+                self.end_undecided(
+                    execution,
+                    task,
+                    format!("the committee reached no majority on task {task}"),
+                    now,
+                );
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    fn resolve_dispute(&mut self, execution: u64, task: u32, asserter_honest: bool, _now: Millis) {
-        let t = task as usize - 1;
-        let model = self.executions[&execution].model;
-        let cost = self.task_cost(&self.models[&model].def.tasks[t]);
-        let (asserter, validator) = {
-            let r = &self.executions[&execution].tasks[t];
-            (r.node.unwrap(), r.validator)
+    /// The verdicts a strict majority of the drawn committee agrees on (on
+    /// the asserter, on the validator), and whether every member voted.
+    fn tally(&self, execution: u64, task: u32) -> (Option<bool>, Option<bool>, bool) {
+        let r = &self.executions[&execution].tasks[task as usize - 1];
+        let need = majority(self.params.committee_size).max(majority(r.committee.len() as u32)) as usize;
+        let decided = |pick: fn(&(Option<bool>, Option<bool>)) -> Option<bool>| {
+            for side in [true, false] {
+                if r.votes.values().filter(|x| pick(x) == Some(side)).count() >= need {
+                    return Some(side);
+                }
+            }
+            None
         };
-        self.nodes.get_mut(&asserter).unwrap().disputes -= 1;
-        if let Some(v) = validator {
-            self.nodes.get_mut(&v).unwrap().disputes -= 1;
+        (decided(|x| x.0), decided(|x| x.1), r.votes.len() >= r.committee.len())
+    }
+
+    /// Releases what a dispute holds: the disputes counters of the asserter,
+    /// the validator and every member. `penalise_absent`: members who have
+    /// not voted pay `absent_penalty` (the deadline has passed).
+    fn close_dispute(&mut self, execution: u64, task: u32, penalise_absent: bool) {
+        let r = self.executions[&execution].tasks[task as usize - 1].clone();
+        for k in r.node.iter().chain(r.validator.iter()).chain(r.committee.iter()) {
+            if let Some(n) = self.nodes.get_mut(k) {
+                dec(&mut n.disputes);
+            }
         }
-        // A validator that answered is on the record; one that did not is not slashed here.
-        let validator_answered = self.executions[&execution].tasks[t].validator_commitment.is_some();
-        if asserter_honest {
-            if let (Some(v), true) = (validator, validator_answered) {
-                self.slash(v, cost, Some(asserter), execution, task);
+        if penalise_absent {
+            for m in r.committee.iter().filter(|m| !r.votes.contains_key(m)) {
+                self.penalise(*m, self.params.absent_penalty, execution, task);
             }
-            self.executions.get_mut(&execution).unwrap().tasks[t].outcome = Some("asserter upheld".into());
-            self.complete_task(execution, task);
-        } else {
-            let winner = validator.filter(|_| validator_answered);
-            self.slash(asserter, cost, winner, execution, task);
-            if let Some(v) = winner {
-                self.pay_validator(execution, task, v);
-            }
-            self.invalidate(execution, task);
-            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
-            r.outcome = Some("asserter slashed".into());
-            r.excluded.push(asserter);
         }
     }
 
-    /// Slashes `loser`; half goes to `winner` (if any), the rest to the treasury.
-    fn slash(&mut self, loser: Pubkey, cost: Micro, winner: Option<Pubkey>, execution: u64, task: u32) {
-        let amount = self.slash_amount(cost, &self.nodes[&loser]);
-        let n = self.nodes.get_mut(&loser).unwrap();
+    /// Takes up to `amount` of `node`'s stake into the treasury.
+    fn penalise(&mut self, node: Pubkey, amount: Micro, execution: u64, task: u32) {
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        let amount = amount.min(n.stake);
+        if amount == 0 {
+            return;
+        }
         n.stake -= amount;
-        n.slashed_total += amount;
+        n.slashed_total = n.slashed_total.saturating_add(amount);
         if let Some((u, _)) = n.unstaking.as_mut() {
             *u = (*u).min(n.stake);
         }
-        let to_winner = if winner.is_some() { amount / 2 } else { 0 };
-        if let Some(w) = winner {
-            let a = self.accounts.entry(w).or_default();
-            a.balance += to_winner;
-            if let Some(wn) = self.nodes.get_mut(&w) {
-                wn.earned_total += to_winner;
-            }
-        }
-        self.treasury += amount - to_winner;
+        self.treasury = self.treasury.saturating_add(amount);
         self.events.push(Event::Slashed {
-            node: loser,
+            node,
             amount,
             execution,
             task,
         });
     }
 
+    /// No verdict by the deadline (or no committee to give one): the
+    /// execution fails, the user is refunded, every hold is released, nobody
+    /// is slashed for the task.
+    fn end_undecided(&mut self, execution: u64, task: u32, why: String, now: Millis) {
+        self.events.push(Event::DisputeEnded {
+            execution,
+            task,
+            verdict: format!("undecided: {why}"),
+        });
+        self.executions.get_mut(&execution).unwrap().tasks[task as usize - 1].outcome = Some("undecided".into());
+        self.fail_execution(execution, format!("{why}; the escrow is refunded"), now);
+    }
+
+    /// Carries out a decided dispute. `at_deadline`: decided only by the
+    /// votes in when time ran out, so members who did not vote pay.
+    fn resolve_dispute(
+        &mut self,
+        execution: u64,
+        task: u32,
+        asserter_honest: bool,
+        validator: Option<bool>,
+        at_deadline: bool,
+    ) {
+        let t = task as usize - 1;
+        let model = self.executions[&execution].model;
+        let cost = self.task_cost(&self.models[&model].def.tasks[t]);
+        let r = self.executions[&execution].tasks[t].clone();
+        let (asserter, v) = (r.node.unwrap(), r.validator);
+        self.close_dispute(execution, task, at_deadline);
+        // The committee: the majority is paid, members who voted against it lose stake.
+        for (m, (a, _)) in &r.votes {
+            match a {
+                Some(x) if *x == asserter_honest => {
+                    let pay = (cost.saturating_mul(self.params.committee_reward_pct) / 100).min(self.treasury);
+                    self.treasury -= pay;
+                    credit(&mut self.accounts, &mut self.nodes, *m, pay);
+                }
+                Some(_) => {
+                    let s = self.slash_amount(cost, &self.nodes[m]);
+                    self.penalise(*m, s, execution, task);
+                }
+                None => {}
+            }
+        }
+        let verdict;
+        if asserter_honest {
+            match validator {
+                Some(false) => self.slash(v.unwrap(), cost, Some(asserter), execution, task),
+                Some(true) => self.pay_validator(execution, task, v.unwrap()),
+                None => {}
+            }
+            verdict = match validator {
+                Some(false) => "asserter upheld, validator slashed",
+                Some(true) => "both honest (within tolerance)",
+                None => "asserter upheld",
+            };
+            self.executions.get_mut(&execution).unwrap().tasks[t].outcome = Some(verdict.into());
+            self.complete_task(execution, task);
+        } else {
+            let winner = v.filter(|_| validator == Some(true));
+            self.slash(asserter, cost, winner, execution, task);
+            match validator {
+                Some(true) => self.pay_validator(execution, task, v.unwrap()),
+                Some(false) => self.slash(v.unwrap(), cost, None, execution, task),
+                None => {}
+            }
+            verdict = match validator {
+                Some(false) => "asserter and validator slashed",
+                _ => "asserter slashed",
+            };
+            self.invalidate(execution, task);
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.outcome = Some(verdict.into());
+            r.excluded.push(asserter);
+            if let (Some(v), Some(false)) = (v, validator) {
+                r.excluded.push(v);
+            }
+        }
+        self.events.push(Event::DisputeEnded {
+            execution,
+            task,
+            verdict: verdict.into(),
+        });
+    }
+
+    /// Slashes `loser`; half goes to `winner` (if any), the rest to the treasury.
+    fn slash(&mut self, loser: Pubkey, cost: Micro, winner: Option<Pubkey>, execution: u64, task: u32) {
+        let amount = self.slash_amount(cost, &self.nodes[&loser]);
+        self.penalise(loser, amount, execution, task);
+        if let Some(w) = winner {
+            let to_winner = (amount / 2).min(self.treasury);
+            self.treasury -= to_winner;
+            credit(&mut self.accounts, &mut self.nodes, w, to_winner);
+        }
+    }
+
     fn pay(&mut self, execution: u64, to: Pubkey, amount: Micro) {
         let e = self.executions.get_mut(&execution).unwrap();
         let amount = amount.min(e.escrow);
         e.escrow -= amount;
-        self.accounts.entry(to).or_default().balance += amount;
-        if let Some(n) = self.nodes.get_mut(&to) {
-            n.earned_total += amount;
-        }
+        credit(&mut self.accounts, &mut self.nodes, to, amount);
     }
 
     fn pay_validator(&mut self, execution: u64, task: u32, v: Pubkey) {
@@ -1250,9 +1456,39 @@ impl Ledger {
         if r.status != TaskStatus::Completed {
             // The node held the task until now (validated or not).
             r.status = TaskStatus::Completed;
-            self.nodes.get_mut(&node).unwrap().load -= 1;
+            dec(&mut self.nodes.get_mut(&node).unwrap().load);
         }
         self.events.push(Event::TaskCompleted { execution, task, node });
+    }
+
+    /// Releases every hold a task's run has on nodes (loads and dispute
+    /// counters), as its state says; the run itself is left as it is.
+    fn release_holds(&mut self, execution: u64, t: usize) {
+        let r = self.executions[&execution].tasks[t].clone();
+        match r.status {
+            TaskStatus::Assigned => {
+                if let Some(n) = r.node.and_then(|n| self.nodes.get_mut(&n)) {
+                    dec(&mut n.load);
+                }
+            }
+            TaskStatus::Challenged => {
+                if let Some(n) = r.node.and_then(|n| self.nodes.get_mut(&n)) {
+                    dec(&mut n.load);
+                }
+                if r.validator_commitment.is_none() {
+                    if let Some(v) = r.validator.and_then(|v| self.nodes.get_mut(&v)) {
+                        dec(&mut v.load);
+                    }
+                }
+            }
+            TaskStatus::Disputed => {
+                if let Some(n) = r.node.and_then(|n| self.nodes.get_mut(&n)) {
+                    dec(&mut n.load);
+                }
+                self.close_dispute(execution, t as u32 + 1, false);
+            }
+            _ => {}
+        }
     }
 
     /// A fraud was proven: the task and everything downstream of it that
@@ -1283,37 +1519,14 @@ impl Ledger {
             if paid {
                 let refund = cost.min(self.treasury);
                 self.treasury -= refund;
-                self.executions.get_mut(&execution).unwrap().escrow += refund;
+                let e = self.executions.get_mut(&execution).unwrap();
+                e.escrow = e.escrow.saturating_add(refund);
             }
             if k != task {
-                // Release whatever the node held for it.
-                match status {
-                    TaskStatus::Assigned | TaskStatus::Challenged => {
-                        if let Some(n) = node {
-                            self.nodes.get_mut(&n).unwrap().load -= 1;
-                        }
-                        let v = self.executions[&execution].tasks[t].validator;
-                        if status == TaskStatus::Challenged {
-                            if let (Some(v), None) = (v, self.executions[&execution].tasks[t].validator_commitment) {
-                                self.nodes.get_mut(&v).unwrap().load -= 1;
-                            }
-                        }
-                    }
-                    TaskStatus::Disputed => {
-                        if let Some(n) = node {
-                            let nn = self.nodes.get_mut(&n).unwrap();
-                            nn.load -= 1;
-                            nn.disputes -= 1;
-                        }
-                        if let Some(v) = self.executions[&execution].tasks[t].validator {
-                            self.nodes.get_mut(&v).unwrap().disputes -= 1;
-                        }
-                    }
-                    _ => {}
-                }
+                self.release_holds(execution, t);
             } else if let Some(n) = node {
                 // The cheated task: its asserter's hold ends here.
-                self.nodes.get_mut(&n).unwrap().load -= 1;
+                dec(&mut self.nodes.get_mut(&n).unwrap().load);
             }
             let excluded = std::mem::take(&mut self.executions.get_mut(&execution).unwrap().tasks[t].excluded);
             let attempts = self.executions[&execution].tasks[t].attempts;
@@ -1328,50 +1541,51 @@ impl Ledger {
         }
     }
 
-    fn liveness_vote(
-        &mut self,
-        member: Pubkey,
-        node: Pubkey,
-        unresponsive: bool,
-        now: Millis,
-        beacon: &dyn Beacon,
-    ) -> Result<(), ProtocolError> {
-        if !self.committee.contains(&member) {
-            return Err(ProtocolError::Unauthorized(
-                "only committee members vote on liveness".into(),
-            ));
-        }
-        let n = self
-            .nodes
-            .get_mut(&node)
-            .ok_or_else(|| err_unknown("node", node.short()))?;
-        n.liveness_votes.insert(member, unresponsive);
-        let yes = n.liveness_votes.values().filter(|v| **v).count();
-        if yes >= 2 && n.status == NodeStatus::Active {
-            n.status = NodeStatus::Unresponsive;
-            self.events.push(Event::NodeUnresponsive { node });
-            self.release_node(node, now, beacon);
-        }
-        Ok(())
-    }
-
-    /// Takes every assignment away from a node the committee found unresponsive.
-    fn release_node(&mut self, node: Pubkey, now: Millis, beacon: &dyn Beacon) {
+    /// Takes every assignment, and every validation not yet sealed, away
+    /// from `node` and hands it to others. `excluded`: the node may not take
+    /// those tasks again in those executions.
+    fn release_node(&mut self, node: Pubkey, timed_out: bool, now: Millis, beacon: &dyn Beacon) {
         let ids: Vec<u64> = self.active.iter().copied().collect();
         for id in ids {
-            let n = self.executions[&id].tasks.len();
-            for t in 0..n {
+            let mut touched = false;
+            for t in 0..self.executions[&id].tasks.len() {
+                let task = t as u32 + 1;
                 let r = &self.executions[&id].tasks[t];
                 if r.status == TaskStatus::Assigned && r.node == Some(node) {
-                    self.fail_attempt(id, t as u32 + 1, now);
+                    if timed_out {
+                        self.fail_attempt(id, task, now);
+                    } else {
+                        dec(&mut self.nodes.get_mut(&node).unwrap().load);
+                        let r = &mut self.executions.get_mut(&id).unwrap().tasks[t];
+                        r.excluded.push(node);
+                        r.status = TaskStatus::Ready;
+                        self.events.push(Event::Released {
+                            execution: id,
+                            task,
+                            node,
+                            validation: false,
+                        });
+                    }
+                    touched = true;
                 } else if r.status == TaskStatus::Challenged
                     && r.validator == Some(node)
-                    && r.validator_commitment.is_none()
+                    && r.validator_seal.is_none()
                 {
-                    self.replace_validator(id, t as u32 + 1, now);
+                    if !timed_out {
+                        self.events.push(Event::Released {
+                            execution: id,
+                            task,
+                            node,
+                            validation: true,
+                        });
+                    }
+                    self.replace_validator(id, task, now, beacon);
+                    touched = true;
                 }
             }
-            self.progress(id, now, beacon);
+            if touched {
+                self.progress(id, now, beacon);
+            }
         }
     }
 
@@ -1379,9 +1593,9 @@ impl Ledger {
     fn fail_attempt(&mut self, execution: u64, task: u32, _now: Millis) {
         let t = task as usize - 1;
         let node = self.executions[&execution].tasks[t].node.unwrap();
-        self.nodes.get_mut(&node).unwrap().load -= 1;
+        dec(&mut self.nodes.get_mut(&node).unwrap().load);
         let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
-        r.failures += 1;
+        r.failures = r.failures.saturating_add(1);
         r.excluded.push(node);
         r.status = TaskStatus::Ready;
         let attempt = r.attempts;
@@ -1400,90 +1614,50 @@ impl Ledger {
             .get_mut(&node)
             .ok_or_else(|| err_unknown("node", node.short()))?;
         n.status = NodeStatus::Offline;
-        n.suspect = false;
         self.events.push(Event::NodeLeft { node });
-        let ids: Vec<u64> = self.active.iter().copied().collect();
-        for id in ids {
-            let mut touched = false;
-            for t in 0..self.executions[&id].tasks.len() {
-                let task = t as u32 + 1;
-                let r = &self.executions[&id].tasks[t];
-                if r.status == TaskStatus::Assigned && r.node == Some(node) {
-                    self.nodes.get_mut(&node).unwrap().load -= 1;
-                    let r = &mut self.executions.get_mut(&id).unwrap().tasks[t];
-                    r.excluded.push(node);
-                    r.status = TaskStatus::Ready;
-                    touched = true;
-                    self.events.push(Event::Released {
-                        execution: id,
-                        task,
-                        node,
-                        validation: false,
-                    });
-                } else if r.status == TaskStatus::Challenged
-                    && r.validator == Some(node)
-                    && r.validator_commitment.is_none()
-                {
-                    self.events.push(Event::Released {
-                        execution: id,
-                        task,
-                        node,
-                        validation: true,
-                    });
-                    self.replace_validator(id, task, now);
-                    touched = true;
-                }
-            }
-            if touched {
-                self.progress(id, now, beacon);
-            }
-        }
+        self.release_node(node, false, now, beacon);
         Ok(())
     }
 
-    fn replace_validator(&mut self, execution: u64, task: u32, now: Millis) {
+    /// The validator did not seal or reveal in time (or left): another is
+    /// drawn, until `validator_attempts_max`, then the committee arbitrates.
+    fn replace_validator(&mut self, execution: u64, task: u32, now: Millis, beacon: &dyn Beacon) {
         let t = task as usize - 1;
         let old = self.executions[&execution].tasks[t].validator.unwrap();
-        self.nodes.get_mut(&old).unwrap().load -= 1;
-        self.executions.get_mut(&execution).unwrap().tasks[t].excluded.push(old);
+        dec(&mut self.nodes.get_mut(&old).unwrap().load);
+        {
+            let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
+            r.excluded.push(old);
+            r.validator = None;
+            r.validator_seal = None;
+        }
         let attempts = self.executions[&execution].tasks[t].validator_attempts;
-        let seed = blake3::hash(
-            &[
-                &self.blockhash[..],
-                &execution.to_le_bytes(),
-                &task.to_le_bytes(),
-                &attempts.to_le_bytes(),
-            ]
-            .concat(),
-        );
-        let mut beta = [0u8; 64];
-        beta[..32].copy_from_slice(seed.as_bytes());
         let next = if attempts < self.params.validator_attempts_max {
-            self.pick_validator(execution, task, &beta, now)
+            self.pick_validator(execution, task, beacon)
         } else {
             None
         };
         match next {
             Some(v) => self.assign_validator(execution, task, v, now),
-            None => {
-                self.executions.get_mut(&execution).unwrap().tasks[t].validator = None;
-                self.escalate(execution, task)
-            }
+            None => self.escalate(execution, task, now, beacon),
         }
     }
 
     /// Why `node` cannot take `task` of `execution` now, or `None` if it can.
     pub fn ineligible(&self, node: &Pubkey, execution: u64, task: u32) -> Option<String> {
+        self.ineligible_for(node, execution, task, false)
+    }
+
+    /// As [`Ledger::ineligible`]; `judge`: for a committee seat, which holds
+    /// no load (the load limit does not apply).
+    fn ineligible_for(&self, node: &Pubkey, execution: u64, task: u32, judge: bool) -> Option<String> {
         let e = &self.executions[&execution];
         let def = &self.models[&e.model].def.tasks[task as usize - 1];
         let Some(n) = self.nodes.get(node) else {
             return Some("not a node".into());
         };
         if n.status != NodeStatus::Active {
-            return Some("unresponsive".into());
-        }
-        if n.suspect {
-            return Some("missed heartbeats".into());
+            return Some("unresponsive or offline".into());
         }
         if !n.supports.contains(&(e.model, task)) {
             return Some("does not support the task".into());
@@ -1491,7 +1665,7 @@ impl Ledger {
         if n.vram < def.vram {
             return Some(format!("{} bytes of VRAM, the task needs {}", n.vram, def.vram));
         }
-        if n.load >= self.params.node_load_max {
+        if !judge && n.load >= self.params.node_load_max {
             return Some("at its load limit".into());
         }
         if e.tasks[task as usize - 1].excluded.contains(node) {
@@ -1511,66 +1685,31 @@ impl Ledger {
         None
     }
 
-    /// Deterministic selection, recomputable by anyone from the state:
-    /// the node that ran an adjacent upstream task if eligible; otherwise
-    /// the least-loaded eligible node among `candidates_probed` candidates
-    /// drawn from a hash of (block hash, execution, task, salt).
-    fn select(&mut self, execution: u64, task: u32, salt: &[u8], avoid: Option<Pubkey>) -> Option<Pubkey> {
-        let e = &self.executions[&execution];
-        let model = e.model;
-        if avoid.is_none() {
-            for &up in &self.models[&model].upstream[task as usize - 1] {
-                if let Some(n) = e.tasks[up as usize - 1].node {
-                    if self.ineligible(&n, execution, task).is_none() {
-                        return Some(n);
-                    }
-                }
-            }
-        }
-        let list = self.candidates.get(&(model, task))?;
-        if list.is_empty() {
-            return None;
-        }
-        let probes = self.params.candidates_probed.min(list.len());
-        let mut best: Option<(u32, u64, Pubkey)> = None;
+    /// A draw from the VRF, weighted by free stake, among the eligible
+    /// candidates for `task` other than `avoid`. The VRF input is (block
+    /// hash, execution, task, attempts, `purpose`): nobody without the
+    /// beacon's key can predict or steer the outcome, and a node's chance
+    /// is its share of the eligible stake (never its load).
+    fn draw(
+        &mut self,
+        execution: u64,
+        task: u32,
+        purpose: &[u8],
+        avoid: &[Pubkey],
+        judge: bool,
+        beacon: &dyn Beacon,
+    ) -> Option<Pubkey> {
+        let model = self.executions[&execution].model;
+        let list = self.candidates.get(&(model, task))?.clone();
+        let mut pool: Vec<(Pubkey, Micro)> = Vec::new();
         let mut skipped = Vec::new();
-        let try_node = |ledger: &Ledger,
-                        k: &Pubkey,
-                        rank: u64,
-                        best: &mut Option<(u32, u64, Pubkey)>,
-                        skipped: &mut Vec<(Pubkey, String)>| {
-            if Some(*k) == avoid {
-                return;
+        for k in &list {
+            if avoid.contains(k) {
+                continue;
             }
-            match ledger.ineligible(k, execution, task) {
-                None => {
-                    let load = ledger.nodes[k].load;
-                    if best.is_none_or(|b| (load, rank) < (b.0, b.1)) {
-                        *best = Some((load, rank, *k));
-                    }
-                }
+            match self.ineligible_for(k, execution, task, judge) {
+                None => pool.push((*k, self.nodes[k].free_stake())),
                 Some(why) => skipped.push((*k, why)),
-            }
-        };
-        for i in 0..probes as u64 {
-            let h = blake3::hash(
-                &[
-                    &self.blockhash[..],
-                    &execution.to_le_bytes(),
-                    &task.to_le_bytes(),
-                    salt,
-                    &i.to_le_bytes(),
-                ]
-                .concat(),
-            );
-            let rank = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap());
-            let k = &list[(rank % list.len() as u64) as usize];
-            try_node(self, k, rank, &mut best, &mut skipped);
-        }
-        if best.is_none() && list.len() > probes {
-            // Every probe was ineligible: scan all candidates (rare; bounded by the list).
-            for (i, k) in list.iter().enumerate() {
-                try_node(self, k, i as u64, &mut best, &mut skipped);
             }
         }
         for (node, reason) in skipped.into_iter().take(8) {
@@ -1581,16 +1720,58 @@ impl Ledger {
                 reason,
             });
         }
-        best.map(|b| b.2)
+        let total: u128 = pool.iter().map(|p| p.1 as u128).sum();
+        if total == 0 {
+            return None;
+        }
+        let r = &self.executions[&execution].tasks[task as usize - 1];
+        let mut alpha = Vec::with_capacity(96);
+        alpha.extend_from_slice(&self.blockhash);
+        alpha.extend_from_slice(&execution.to_le_bytes());
+        alpha.extend_from_slice(&task.to_le_bytes());
+        alpha.extend_from_slice(&r.attempts.to_le_bytes());
+        alpha.extend_from_slice(&r.validator_attempts.to_le_bytes());
+        alpha.extend_from_slice(purpose);
+        let (_, beta) = beacon.prove(&alpha);
+        let mut x = u128::from_le_bytes(beta[..16].try_into().unwrap()) % total;
+        for (k, w) in &pool {
+            if x < *w as u128 {
+                return Some(*k);
+            }
+            x -= *w as u128;
+        }
+        None
     }
 
-    fn pick_validator(&mut self, execution: u64, task: u32, beta: &[u8; 64], _now: Millis) -> Option<Pubkey> {
-        let asserter = self.executions[&execution].tasks[task as usize - 1].node;
-        self.select(execution, task, &beta[..32], asserter)
+    /// The node for a ready task: the one that ran an adjacent upstream
+    /// task if it is eligible (its inputs are already there), otherwise a
+    /// stake-weighted VRF draw.
+    fn select(&mut self, execution: u64, task: u32, beacon: &dyn Beacon) -> Option<Pubkey> {
+        let e = &self.executions[&execution];
+        for &up in &self.models[&e.model].upstream[task as usize - 1] {
+            if let Some(n) = e.tasks[up as usize - 1].node {
+                if self.ineligible(&n, execution, task).is_none() {
+                    return Some(n);
+                }
+            }
+        }
+        self.draw(execution, task, b"assign", &[], false, beacon)
+    }
+
+    /// A validator: a stake-weighted VRF draw among the task's candidates
+    /// that hold no task of this execution (a node downstream of the
+    /// result would read the bytes it must not see before sealing).
+    fn pick_validator(&mut self, execution: u64, task: u32, beacon: &dyn Beacon) -> Option<Pubkey> {
+        let avoid: Vec<Pubkey> = self.executions[&execution]
+            .tasks
+            .iter()
+            .filter_map(|r| r.node)
+            .collect();
+        self.draw(execution, task, b"validate", &avoid, false, beacon)
     }
 
     /// Moves an execution forward: ready tasks, assignments, completion.
-    fn progress(&mut self, execution: u64, now: Millis, _beacon: &dyn Beacon) {
+    fn progress(&mut self, execution: u64, now: Millis, beacon: &dyn Beacon) {
         let Some(e) = self.executions.get(&execution) else {
             return;
         };
@@ -1623,8 +1804,7 @@ impl Ledger {
                 );
                 return;
             }
-            let salt = attempts.to_le_bytes();
-            let found = self.select(execution, task, &salt, None);
+            let found = self.select(execution, task, beacon);
             if found.is_none() {
                 let wait = self
                     .params
@@ -1649,13 +1829,13 @@ impl Ledger {
             if let Some(node) = found {
                 let def = &self.models[&model].def.tasks[t];
                 let failures = self.executions[&execution].tasks[t].failures;
-                let deadline = now + self.timeout(def, failures);
-                self.nodes.get_mut(&node).unwrap().load += 1;
+                let deadline = now.saturating_add(self.timeout(def, failures));
+                inc(&mut self.nodes.get_mut(&node).unwrap().load);
                 let r = &mut self.executions.get_mut(&execution).unwrap().tasks[t];
                 r.status = TaskStatus::Assigned;
                 r.ready_deadline = None;
                 r.node = Some(node);
-                r.attempts += 1;
+                r.attempts = r.attempts.saturating_add(1);
                 r.deadline = deadline;
                 let attempt = r.attempts;
                 self.events.push(Event::Assigned {
@@ -1677,7 +1857,7 @@ impl Ledger {
             e.finished_at = Some(now);
             let refund = std::mem::take(&mut e.escrow);
             let user = e.user;
-            self.accounts.entry(user).or_default().balance += refund;
+            credit(&mut self.accounts, &mut BTreeMap::new(), user, refund);
             self.active.remove(&execution);
             self.events.push(Event::ExecutionCompleted { execution });
         }
@@ -1685,40 +1865,21 @@ impl Ledger {
 
     fn fail_execution(&mut self, execution: u64, reason: String, now: Millis) {
         // Release every hold of this execution's tasks.
-        let n = self.executions[&execution].tasks.len();
-        for t in 0..n {
-            let r = self.executions[&execution].tasks[t].clone();
-            match r.status {
-                TaskStatus::Assigned => self.nodes.get_mut(&r.node.unwrap()).unwrap().load -= 1,
-                TaskStatus::Challenged => {
-                    self.nodes.get_mut(&r.node.unwrap()).unwrap().load -= 1;
-                    if let (Some(v), None) = (r.validator, r.validator_commitment) {
-                        self.nodes.get_mut(&v).unwrap().load -= 1;
-                    }
-                }
-                TaskStatus::Disputed => {
-                    let a = self.nodes.get_mut(&r.node.unwrap()).unwrap();
-                    a.load -= 1;
-                    a.disputes -= 1;
-                    if let Some(v) = r.validator {
-                        self.nodes.get_mut(&v).unwrap().disputes -= 1;
-                    }
-                }
-                _ => {}
-            }
+        for t in 0..self.executions[&execution].tasks.len() {
+            self.release_holds(execution, t);
         }
         let e = self.executions.get_mut(&execution).unwrap();
         e.status = ExecStatus::Failed(reason.clone());
         e.finished_at = Some(now);
         let refund = std::mem::take(&mut e.escrow);
         let user = e.user;
-        self.accounts.entry(user).or_default().balance += refund;
+        credit(&mut self.accounts, &mut BTreeMap::new(), user, refund);
         self.active.remove(&execution);
         self.events.push(Event::ExecutionFailed { execution, reason });
     }
 
-    /// Deadlines: task and validator timeouts, missed heartbeats, and
-    /// assignments of tasks that found no node before. Call at least at
+    /// Deadlines: task, validator and dispute timeouts, missed heartbeats,
+    /// and assignments of tasks that found no node before. Call at least at
     /// every [`Ledger::poll_timeout`].
     pub fn tick(&mut self, now: Millis, beacon: &dyn Beacon) {
         self.advance_hash(&now.to_le_bytes());
@@ -1727,33 +1888,62 @@ impl Ledger {
             .params
             .heartbeat_ms
             .saturating_mul(self.params.heartbeats_missed_max);
-        let mut suspects = Vec::new();
-        for (k, n) in self.nodes.iter_mut() {
-            if n.status == NodeStatus::Active && !n.suspect && now.saturating_sub(n.last_heartbeat) > silence {
-                n.suspect = true;
-                suspects.push(*k);
-            }
-        }
-        for node in suspects {
-            self.events.push(Event::Suspect { node });
+        let silent: Vec<Pubkey> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.status == NodeStatus::Active && now.saturating_sub(n.last_heartbeat) > silence)
+            .map(|(k, _)| *k)
+            .collect();
+        for node in silent {
+            self.nodes.get_mut(&node).unwrap().status = NodeStatus::Unresponsive;
+            self.events.push(Event::NodeUnresponsive { node });
+            self.release_node(node, true, now, beacon);
         }
         let ids: Vec<u64> = self.active.iter().copied().collect();
         for id in ids {
-            let n = self.executions[&id].tasks.len();
-            for t in 0..n {
+            for t in 0..self.executions[&id].tasks.len() {
+                if self.executions[&id].status != ExecStatus::InProgress {
+                    break;
+                }
                 let r = &self.executions[&id].tasks[t];
                 if r.deadline > now {
                     continue;
                 }
+                let task = t as u32 + 1;
                 match r.status {
-                    TaskStatus::Assigned => self.fail_attempt(id, t as u32 + 1, now),
+                    TaskStatus::Assigned => self.fail_attempt(id, task, now),
                     TaskStatus::Challenged if r.validator_commitment.is_none() && r.validator.is_some() => {
-                        self.replace_validator(id, t as u32 + 1, now)
+                        self.replace_validator(id, task, now, beacon)
+                    }
+                    TaskStatus::Disputed => {
+                        let (a, v, _) = self.tally(id, task);
+                        let on_record = r.validator_commitment.is_some();
+                        match a {
+                            Some(a) => self.resolve_dispute(id, task, a, v.filter(|_| on_record), true),
+                            None => {
+                                self.close_dispute_absent(id, task);
+                                self.end_undecided(
+                                    id,
+                                    task,
+                                    format!("the committee gave no verdict on task {task} by the dispute's deadline"),
+                                    now,
+                                );
+                            }
+                        }
                     }
                     _ => {}
                 }
             }
             self.progress(id, now, beacon);
+        }
+    }
+
+    /// At an undecided deadline, members who did not vote pay for it (the
+    /// holds are released by the execution's failure).
+    fn close_dispute_absent(&mut self, execution: u64, task: u32) {
+        let r = self.executions[&execution].tasks[task as usize - 1].clone();
+        for m in r.committee.iter().filter(|m| !r.votes.contains_key(m)) {
+            self.penalise(*m, self.params.absent_penalty, execution, task);
         }
     }
 
@@ -1764,7 +1954,7 @@ impl Ledger {
             .iter()
             .flat_map(|id| self.executions[id].tasks.iter())
             .filter_map(|r| match r.status {
-                TaskStatus::Assigned | TaskStatus::Challenged => Some(r.deadline),
+                TaskStatus::Assigned | TaskStatus::Challenged | TaskStatus::Disputed => Some(r.deadline),
                 TaskStatus::Ready => r.ready_deadline,
                 _ => None,
             });
@@ -1775,8 +1965,36 @@ impl Ledger {
         let hb = self
             .nodes
             .values()
-            .filter(|n| n.status == NodeStatus::Active && !n.suspect)
-            .map(|n| n.last_heartbeat + silence + 1);
+            .filter(|n| n.status == NodeStatus::Active)
+            .map(|n| n.last_heartbeat.saturating_add(silence).saturating_add(1));
         tasks.chain(hb).min()
+    }
+}
+
+/// The smallest strict majority of `n` members.
+pub fn majority(n: u32) -> u32 {
+    n / 2 + 1
+}
+
+fn inc(x: &mut u32) {
+    *x = x.saturating_add(1);
+}
+
+/// Counters of holds never go below zero (a bug elsewhere must not wrap one
+/// to 4294967295 and lock a node out).
+fn dec(x: &mut u32) {
+    debug_assert!(*x > 0, "a hold counter would go below zero");
+    *x = x.saturating_sub(1);
+}
+
+/// Adds `amount` to `to`'s balance, and to its earnings if it is a node.
+fn credit(accounts: &mut BTreeMap<Pubkey, Account>, nodes: &mut BTreeMap<Pubkey, Node>, to: Pubkey, amount: Micro) {
+    if amount == 0 {
+        return;
+    }
+    let a = accounts.entry(to).or_default();
+    a.balance = a.balance.saturating_add(amount);
+    if let Some(n) = nodes.get_mut(&to) {
+        n.earned_total = n.earned_total.saturating_add(amount);
     }
 }

@@ -77,6 +77,18 @@ pub struct Params {
     pub connections_per_model_max: usize,
     /// Longest reason a node may give for a task it cannot run.
     pub reason_bytes_max: usize,
+    /// Members of the committee drawn (by the VRF, weighted by stake, from
+    /// the staked nodes that support the task) to arbitrate one dispute; a
+    /// verdict needs a strict majority of them.
+    pub committee_size: u32,
+    /// How long a committee has to vote, from the dispute. At the deadline
+    /// an undecided dispute ends: the user is refunded, holds are released,
+    /// nobody is slashed, and members who did not vote pay `absent_penalty`.
+    pub dispute_ms: Millis,
+    pub absent_penalty: Micro,
+    /// Each member of a decided dispute's majority earns this percentage of
+    /// the task cost (from the slash, else from the treasury).
+    pub committee_reward_pct: u64,
 }
 
 impl Default for Params {
@@ -118,6 +130,10 @@ impl Default for Params {
             rank_max: 16,
             connections_per_model_max: 65_536,
             reason_bytes_max: 512,
+            committee_size: 3,
+            dispute_ms: 600_000,
+            absent_penalty: 10 * USDC,
+            committee_reward_pct: 100,
         }
     }
 }
@@ -198,10 +214,23 @@ pub enum Instruction {
         commitment: [u8; 32],
         output_uris: Vec<String>,
     },
+    /// Commit: the validator seals its own recomputation before it can see
+    /// the result it checks. `seal` is [`crate::crypto::validation_seal`] of
+    /// its output bytes: only a node holding those bytes can produce it, and
+    /// it reveals nothing of them.
     SubmitValidation {
         execution: u64,
         task: u32,
+        seal: [u8; 32],
+    },
+    /// Reveal: the BLAKE3 of the validator's output bytes and where they are
+    /// (each URI names that hash). The ledger's shell checks that the bytes
+    /// behind `commitment` produce the seal before it admits the reveal.
+    RevealValidation {
+        execution: u64,
+        task: u32,
         commitment: [u8; 32],
+        output_uris: Vec<String>,
     },
     /// The signer (a node) goes offline gracefully: every assignment and
     /// validation it holds is handed back and reassigned at once, and it is
@@ -223,16 +252,15 @@ pub enum Instruction {
     Fetched {
         execution: u64,
     },
-    /// Committee: is `node` unresponsive?
-    LivenessVote {
-        node: Pubkey,
-        unresponsive: bool,
-    },
-    /// Committee: after re-executing, is the asserter's result the honest one?
+    /// A member of the dispute's committee, after re-executing the task:
+    /// is the asserter's result honest, and the validator's (when it
+    /// revealed one)? `None`: this member could not judge (it could not run
+    /// the task, or the bytes could not be read).
     DisputeVote {
         execution: u64,
         task: u32,
-        asserter_honest: bool,
+        asserter_honest: Option<bool>,
+        validator_honest: Option<bool>,
     },
 }
 
@@ -368,6 +396,14 @@ pub enum Event {
         task: u32,
         asserter: Pubkey,
         validator: Option<Pubkey>,
+        committee: Vec<Pubkey>,
+        deadline: Millis,
+    },
+    /// A dispute ended: `verdict` says how.
+    DisputeEnded {
+        execution: u64,
+        task: u32,
+        verdict: String,
     },
     Slashed {
         node: Pubkey,
@@ -392,10 +428,8 @@ pub enum Event {
         execution: u64,
         reason: String,
     },
-    /// A node missed its heartbeats; the committee should vote.
-    Suspect {
-        node: Pubkey,
-    },
+    /// A node missed `heartbeats_missed_max` heartbeats: it is taken off
+    /// its work until its next heartbeat.
     NodeUnresponsive {
         node: Pubkey,
     },
