@@ -1755,7 +1755,15 @@ impl Ledger {
                 }
             }
         }
-        self.draw(execution, task, b"assign", &[], false, beacon)
+        // A validator that has not sealed must not read the result it checks,
+        // which a downstream task would read as input.
+        let avoid: Vec<Pubkey> = e
+            .tasks
+            .iter()
+            .filter(|r| r.status == TaskStatus::Challenged && r.validator_seal.is_none())
+            .filter_map(|r| r.validator)
+            .collect();
+        self.draw(execution, task, b"assign", &avoid, false, beacon)
     }
 
     /// A validator: a stake-weighted VRF draw among the task's candidates
