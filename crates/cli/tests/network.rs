@@ -348,7 +348,13 @@ fn refused_asserter(attack: &str) {
     fetch_and_compare(dir, &url, &reference);
     let e = get(&url, "/v1/executions/1");
     assert!(e["tasks"][0]["timeouts"].as_u64().unwrap() >= 1, "{e}");
-    assert_eq!(earned_total(&url, &attacker), 0, "{attack}: the attacker was paid");
+    // It is paid nothing for the task it attacked (it may have validated
+    // others' results honestly since, for a validator's reward).
+    let worker = e["tasks"][0]["node"].as_str().unwrap().to_string();
+    assert!(
+        earned_total(&url, &attacker) < earned_total(&url, &worker),
+        "{attack}: the attacker earned as much as the node that did the work"
+    );
     honest_kept(dir, &url, 3, &attacker);
 }
 
@@ -368,7 +374,13 @@ fn a_withholding_asserter_is_refused_and_earns_nothing() {
 fn challenged_by(dir: &Path, url: &str, name: &str, attack: &str) -> (Proc, Proc) {
     let first = start_node_with(dir, url, "honest0", &["--delay-ms", "5000"]);
     assert_eq!(submit(dir, url), 1);
-    let v = start_node_with(dir, url, name, &["--test-attack", attack, "--delay-ms", "5000"]);
+    // It supports task 1 only: it is paid for nothing but that validation.
+    let v = start_node_with(
+        dir,
+        url,
+        name,
+        &["--test-attack", attack, "--delay-ms", "5000", "--specialise", "1/1"],
+    );
     let k = pubkey(dir, name);
     wait_for(60, "the attacker to be drawn as task 1's validator", || {
         get(url, "/v1/executions/1")["tasks"][0]["validator"] == k.as_str()
@@ -425,10 +437,14 @@ fn a_dispute_nobody_judges_ends_at_its_deadline_with_the_user_refunded_and_stake
     let dir = d.path();
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
     deploy_and_reference(dir, &url);
-    let before = get(&url, &format!("/v1/accounts/{}", pubkey(dir, "user")))["balance"]
-        .as_u64()
-        .unwrap();
     let (_h0, _griefer) = challenged_by(dir, &url, "griefer", "grief");
+    let balance = || {
+        get(&url, &format!("/v1/accounts/{}", pubkey(dir, "user")))["balance"]
+            .as_u64()
+            .unwrap()
+    };
+    let escrow = get(&url, "/v1/executions/1")["escrow"].as_u64().unwrap();
+    let before = balance();
     // The only possible judges never vote.
     let _absent: Vec<Proc> = (0..2)
         .map(|i| start_node_with(dir, &url, &format!("absent{i}"), &["--test-attack", "absent"]))
@@ -441,11 +457,9 @@ fn a_dispute_nobody_judges_ends_at_its_deadline_with_the_user_refunded_and_stake
     assert!(failed.contains("no verdict") && failed.contains("refunded"), "{failed}");
     assert_eq!(e["escrow"], 0);
     assert_eq!(e["tasks"][0]["outcome"], "undecided", "{e}");
-    let after = get(&url, &format!("/v1/accounts/{}", pubkey(dir, "user")))["balance"]
-        .as_u64()
-        .unwrap();
-    let fee = get(&url, "/v1/genesis")["params"]["execution_fee"].as_u64().unwrap();
-    assert_eq!(after, before - fee, "the user got back all but the execution fee");
+    // What no completed task was paid from the escrow comes back.
+    assert!(escrow > 0);
+    assert!(balance() > before, "the user was not refunded");
     for name in ["honest0", "griefer"] {
         assert_eq!(slashed_total(&url, &pubkey(dir, name)), 0, "{name} was slashed with no verdict");
     }
@@ -693,7 +707,8 @@ fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest
             .len()
             == 3
     });
-    let _fast = start_node(dir, &url, "fast");
+    // Three more: a challenged result needs a validator and two judges.
+    let _fast = start_honest(dir, &url, 3);
     let st = Command::new("kill")
         .args(["-TERM", &slow.0.id().to_string()])
         .status()
@@ -719,7 +734,7 @@ fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest
             assert_eq!(t["timeouts"], 0, "a task waited for its timeout: {t}");
         }
     }
-    // The one task it had started it finished; the others went to the fast node.
+    // The one task it had started it finished; the others went to the fast nodes.
     let by_slow = (1..=3)
         .filter(|id| get(&url, &format!("/v1/executions/{id}"))["tasks"][0]["node"] == slow_key.as_str())
         .count();
