@@ -1902,9 +1902,12 @@ impl Ledger {
             .filter(|(_, n)| n.status == NodeStatus::Active && now.saturating_sub(n.last_heartbeat) > silence)
             .map(|(k, _)| *k)
             .collect();
+        // All of them first: a task taken from one must not go to another.
+        for node in &silent {
+            self.nodes.get_mut(node).unwrap().status = NodeStatus::Unresponsive;
+            self.events.push(Event::NodeUnresponsive { node: *node });
+        }
         for node in silent {
-            self.nodes.get_mut(&node).unwrap().status = NodeStatus::Unresponsive;
-            self.events.push(Event::NodeUnresponsive { node });
             self.release_node(node, true, now, beacon);
         }
         let ids: Vec<u64> = self.active.iter().copied().collect();
