@@ -339,6 +339,8 @@ pub struct Summary {
     /// Stake lost by honest nodes (not cheaters, not colluders), other than
     /// absent penalties while they were down or cut off.
     pub honest_stake_lost: Micro,
+    /// Of which in disputes whose committee had a cartel majority.
+    pub honest_stake_lost_to_cartel: Micro,
     /// Absent penalties honest nodes paid for a dispute they missed while down or cut off.
     pub honest_absent_penalties: Micro,
     /// Nodes following a dishonest strategy, and how many ended with a loss.
@@ -516,6 +518,8 @@ impl Beacon for TimedBeacon {
 struct Dispute {
     validator: Option<usize>,
     slashed: Vec<Pubkey>,
+    /// Its committee has a cartel majority.
+    captured: bool,
 }
 
 /// What a node returns as the asserter of a task.
@@ -877,7 +881,8 @@ impl<'a> Sim<'a> {
                     self.s.shares.seats.add(c, share);
                     self.s.shares.seats_by_task[task as usize - 1].add(c, share);
                 }
-                if cartel >= state::majority(self.ledger.params.committee_size) {
+                let captured = cartel >= state::majority(self.ledger.params.committee_size);
+                if captured {
                     self.s.shares.committees_captured += 1;
                 }
                 self.disputes.insert(
@@ -885,6 +890,7 @@ impl<'a> Sim<'a> {
                     Dispute {
                         validator: validator.map(|v| self.index[&v]),
                         slashed: vec![],
+                        captured,
                     },
                 );
                 let attempts = self.run_of(execution, task).attempts;
@@ -924,8 +930,10 @@ impl<'a> Sim<'a> {
             } => {
                 self.s.slashed += amount;
                 self.s.slashes += 1;
+                let mut captured = false;
                 if let Some(d) = self.disputes.get_mut(&(execution, task)) {
                     d.slashed.push(node);
+                    captured = d.captured;
                 }
                 let i = self.index[&node];
                 self.nodes[i].slashes += 1;
@@ -942,6 +950,9 @@ impl<'a> Sim<'a> {
                         self.s.honest_absent_penalties += amount;
                     } else {
                         self.s.honest_stake_lost += amount;
+                        if captured {
+                            self.s.honest_stake_lost_to_cartel += amount;
+                        }
                     }
                 }
             }
