@@ -239,6 +239,7 @@ pub struct SecurityRow {
     pub reward: Micro,
     pub slash: Micro,
     pub p: f64,
+    /// The collusion bound of the parameters.
     pub r: f64,
     /// p(1 − r)(R + S) > C, as the ledger checks it.
     pub holds: bool,
@@ -1465,7 +1466,8 @@ enum Who {
     Node(usize),
 }
 
-/// The security condition and the cheat's expected gain for every task of `model`.
+/// The security condition and the cheat's expected gain for every task of
+/// `model`, with the collusion bound r the ledger checks it with.
 fn security_rows(ledger: &Ledger, model: &ModelDef, node_stake: Micro, cfg: &Config, r: f64) -> Vec<SecurityRow> {
     let p = &ledger.params;
     model
@@ -1686,9 +1688,10 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
     let r = cartel_stake as f64 / total_stake.max(1) as f64;
     sim.s.colluding_stake_share = r;
     sim.s.shares.stake_share = r;
+    let bound = cfg.params.collusion_ppm as f64 / 1e6;
     sim.s.shares.validators_by_task = vec![ShareCounts::default(); model.tasks.len()];
     sim.s.shares.seats_by_task = vec![ShareCounts::default(); model.tasks.len()];
-    sim.s.security = security_rows(&sim.ledger, &model, normal_stake, cfg, r);
+    sim.s.security = security_rows(&sim.ledger, &model, normal_stake, cfg, bound);
     sim.run()
 }
 
