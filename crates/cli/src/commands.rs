@@ -486,12 +486,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub fn sim(a: SimArgs) -> Result<i32> {
+    use splitup_sim::Strategy;
     for (name, v) in [
         ("--crash-frac", a.crash_frac),
         ("--slow-frac", a.slow_frac),
         ("--partition-frac", a.partition_frac),
-        ("--lazy-frac", a.lazy_frac),
-        ("--lazy-q", a.lazy_q),
+        ("--strategy-frac", a.strategy_frac),
+        ("--q", a.q),
         ("--collude", a.collude),
         ("--p", a.p),
     ] {
@@ -502,6 +503,14 @@ pub fn sim(a: SimArgs) -> Result<i32> {
     if a.nodes < 2 || a.executions == 0 {
         bail!("a simulation needs at least 2 nodes and 1 execution");
     }
+    let strategies: Vec<Strategy> = if a.strategy == "all" {
+        Strategy::ALL.to_vec()
+    } else {
+        vec![a
+            .strategy
+            .parse::<Strategy>()
+            .map_err(|e| anyhow::anyhow!("--strategy: {e}, or all"))?]
+    };
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -520,85 +529,184 @@ pub fn sim(a: SimArgs) -> Result<i32> {
         } else {
             1000
         });
-    let cfg = splitup_sim::Config {
+    let base = splitup_sim::Config {
         seed,
         nodes: a.nodes,
         executions: a.executions,
         crash_frac: a.crash_frac,
         slow_frac: a.slow_frac,
         partition_frac: a.partition_frac,
-        lazy_frac: a.lazy_frac,
-        lazy_q: a.lazy_q,
+        strategy_frac: a.strategy_frac,
+        q: a.q,
         collude_frac: a.collude,
+        compute_cost_pct: a.compute_cost_pct,
+        submit_every_ms: a.submit_every_ms.max(1),
         params,
         check_every,
         ..Default::default()
     };
-    println!("seed {seed} (replay with --seed {seed}); {} nodes, {} executions of a 4-task DAG; money checked every {check_every} step(s)", a.nodes, a.executions);
-    let pb = bar(a.executions as u64, "executions");
-    let wall = Instant::now();
-    let result = splitup_sim::run(&cfg, &mut |done, _| pb.set_position(done));
-    pb.finish_and_clear();
-    let s = match result {
-        Ok(s) => s,
-        Err(f) => {
-            eprintln!("error: {f}");
-            return Ok(1);
-        }
-    };
+    println!(
+        "seed {seed} (replay with --seed {seed}); {} nodes, {} executions of a 4-task DAG, one every {} ms; strategy fraction {}, q = {}, colluding {}; compute costs {} % of a task's fee; money checked every {check_every} step(s)",
+        a.nodes, a.executions, a.submit_every_ms.max(1), a.strategy_frac, a.q, a.collude, a.compute_cost_pct
+    );
     let usdc = |m: u64| m as f64 / 1e6;
-    println!(
-        "completed {} of {} executions ({} task results) in {:.1} s of virtual time, {:.2} s of wall time",
-        s.completed,
-        s.executions,
-        s.task_results,
-        s.virtual_ms as f64 / 1e3,
-        wall.elapsed().as_secs_f64()
-    );
-    for (reason, n) in &s.failed {
-        println!("failed: {n} ({reason})");
-    }
-    println!("state machine: {} instructions in {:.3} s = {:.0} instructions/s ({:.0}/s without the {} VRF proofs, which took {:.3} s)", s.instructions, s.ledger_time.as_secs_f64(), s.instructions_per_second(), s.instructions_per_second_without_vrf(), s.vrf_proofs, s.vrf_time.as_secs_f64());
-    println!(
-        "challenges: {} of {} results ({:.2}%; p = {}); validation compute overhead {:.4}",
-        s.challenges,
-        s.task_results,
-        100.0 * s.challenges as f64 / s.task_results.max(1) as f64,
-        a.p,
-        s.validation_overhead()
-    );
-    println!(
-        "frauds: {} garbage results, {} caught, {} undetected; {} slashes totalling {:.2} USDC",
-        s.lazy_results,
-        s.frauds_caught,
-        s.frauds_undetected,
-        s.slashes,
-        usdc(s.slashed)
-    );
-    if s.lazy_nodes > 0 {
-        println!(
-            "lazy nodes: {}, {} ended with less than they staked",
-            s.lazy_nodes, s.lazy_nodes_net_loss
-        );
-    }
-    println!(
-        "honest stake lost: {:.2} USDC; reassignments: {}; nodes marked unresponsive: {}",
-        usdc(s.honest_stake_lost),
-        s.reassignments,
-        s.nodes_marked_unresponsive
-    );
-    println!("fees and rewards paid to nodes: {:.2} USDC", usdc(s.fees_paid));
-    if a.catch_table {
-        println!(
-            "\n{:>8} {:>8} {:>10} {:>22}",
-            "after N", "nodes", "caught", "1-(1-p(1-r))^N"
-        );
-        for r in splitup_sim::catch_table(&s, &cfg, &[1, 10, 50, 100]) {
+    let mut rows = Vec::new();
+    for (k, &strategy) in strategies.iter().enumerate() {
+        let cfg = splitup_sim::Config {
+            strategy,
+            ..base.clone()
+        };
+        let pb = bar(a.executions as u64, strategy.name());
+        let wall = Instant::now();
+        let result = splitup_sim::run(&cfg, &mut |done, _| pb.set_position(done));
+        pb.finish_and_clear();
+        let s = match result {
+            Ok(s) => s,
+            Err(f) => {
+                eprintln!("error ({strategy}): {f}");
+                return Ok(1);
+            }
+        };
+        if strategies.len() > 1 {
+            if k == 0 {
+                print_security(&s);
+            }
+            let failed: u64 = s.failed.values().sum();
             println!(
-                "{:>8} {:>8} {:>10.4} {:>22.4}",
-                r.after, r.nodes, r.measured, r.expected
+                "{strategy}: {} of {} completed{}, {} disputes, {} frauds caught, honest stake lost {:.2} USDC, {:.2} s",
+                s.completed,
+                s.executions,
+                if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
+                s.disputes,
+                s.frauds_caught,
+                usdc(s.honest_stake_lost),
+                wall.elapsed().as_secs_f64()
+            );
+            rows.push(s.strategy_row().cloned().expect("every run has its strategy's row"));
+            continue;
+        }
+        println!(
+            "completed {} of {} executions ({} task results) in {:.1} s of virtual time, {:.2} s of wall time",
+            s.completed,
+            s.executions,
+            s.task_results,
+            s.virtual_ms as f64 / 1e3,
+            wall.elapsed().as_secs_f64()
+        );
+        for (reason, n) in &s.failed {
+            println!("failed: {n} ({reason})");
+        }
+        println!("state machine: {} instructions in {:.3} s = {:.0} instructions/s ({:.0}/s without the {} VRF proofs, which took {:.3} s)", s.instructions, s.ledger_time.as_secs_f64(), s.instructions_per_second(), s.instructions_per_second_without_vrf(), s.vrf_proofs, s.vrf_time.as_secs_f64());
+        println!(
+            "challenges: {} of {} results ({:.2}%; p = {}); validation compute overhead {:.4}",
+            s.challenges,
+            s.task_results,
+            100.0 * s.challenges as f64 / s.task_results.max(1) as f64,
+            a.p,
+            s.validation_overhead()
+        );
+        println!(
+            "disputes: {} ({} with no validator on record): {}",
+            s.disputes,
+            s.disputes_without_validator,
+            s.verdicts
+                .iter()
+                .map(|(v, n)| format!("{n} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "bad results: {}, {} caught, {} completed and paid; {} slashes totalling {:.2} USDC",
+            s.bad_results,
+            s.frauds_caught,
+            s.frauds_undetected,
+            s.slashes,
+            usdc(s.slashed)
+        );
+        let r = &s.refused;
+        if *r != Default::default() {
+            println!(
+                "refused: {} URIs not naming the commitment (ledger), {} blobs under another name and {} reads by unsealed validators (store), {} results without their blob and {} reveals not matching the seal (shell)",
+                r.uri_not_commitment, r.store_name_mismatch, r.store_read_unsealed, r.result_blob_missing, r.reveal_seal_mismatch
             );
         }
+        if s.cheater_nodes > 0 {
+            println!(
+                "cheating nodes: {}, {} ended with a loss",
+                s.cheater_nodes, s.cheaters_net_loss
+            );
+        }
+        println!(
+            "honest stake lost: {:.2} USDC ({:.2} in committees the cartel captured; {:.2} more in absent penalties while down); reassignments: {}; nodes marked unresponsive: {}",
+            usdc(s.honest_stake_lost),
+            usdc(s.honest_stake_lost_to_cartel),
+            usdc(s.honest_absent_penalties),
+            s.reassignments,
+            s.nodes_marked_unresponsive
+        );
+        println!(
+            "fees and rewards paid to nodes: {:.2} USDC; compute spent: {:.2} USDC",
+            usdc(s.fees_paid),
+            usdc(s.compute_spent)
+        );
+        if let Some(first) = &s.validator_also_assigned_first {
+            println!(
+                "protocol defect seen {} time(s): a validator was assigned a task of the execution it validates; first: {first}",
+                s.validator_also_assigned
+            );
+        }
+        let d = &s.shares;
+        if d.stake_share > 0.0 {
+            println!(
+                "cartel: {:.2}% of the stake; {} of {} validations ({:.2}%, its share of the eligible stake {:.2}%), {} of {} committee seats ({:.2}%, {:.2}%), {} committees captured",
+                100.0 * d.stake_share,
+                d.validators.cartel,
+                d.validators.draws,
+                100.0 * d.validators.share(),
+                100.0 * d.validators.expected_share(),
+                d.seats.cartel,
+                d.seats.draws,
+                100.0 * d.seats.share(),
+                100.0 * d.seats.expected_share(),
+                d.committees_captured
+            );
+        }
+        print_security(&s);
+        print!("\n{}", splitup_sim::format_rows(&s.groups));
+        if a.catch_table {
+            println!(
+                "\n{:>8} {:>8} {:>10} {:>16} {:>26}",
+                "after N", "nodes", "caught", "1-(1-p(1-r))^N", "with captured committees"
+            );
+            for r in splitup_sim::catch_table(&s, &cfg, &[1, 10, 50, 100]) {
+                println!(
+                    "{:>8} {:>8} {:>10.4} {:>16.4} {:>26.4}",
+                    r.after, r.nodes, r.measured, r.expected, r.expected_with_committee
+                );
+            }
+        }
+    }
+    if strategies.len() > 1 {
+        print!("\n{}", splitup_sim::format_rows(&rows));
     }
     Ok(0)
+}
+
+/// The security condition per task of the model, with the real fee, reward and slash.
+fn print_security(s: &splitup_sim::Summary) {
+    for r in &s.security {
+        println!(
+            "security, task {}: C = {:.4} USDC, R = {:.4}, S = {:.0}, p = {}, r = {:.3}: p(1-r)(R+S) - C = {:.3} USDC ({}); a lazy result saves {:.4} USDC of compute and costs {:.3} USDC in expectation",
+            r.task,
+            r.cost as f64 / 1e6,
+            r.reward as f64 / 1e6,
+            r.slash as f64 / 1e6,
+            r.p,
+            r.r,
+            r.margin_usdc,
+            if r.holds { "holds" } else { "FAILS" },
+            r.compute as f64 / 1e6,
+            r.compute as f64 / 1e6 - r.cheat_gain_usdc
+        );
+    }
 }

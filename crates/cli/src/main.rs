@@ -315,21 +315,43 @@ pub struct SimArgs {
     /// Fraction of nodes cut off from the ledger for 2 minutes.
     #[arg(long, default_value_t = 0.0)]
     pub partition_frac: f64,
-    /// Fraction of nodes that return garbage with probability --lazy-q.
-    #[arg(long, default_value_t = 0.0)]
-    pub lazy_frac: f64,
+    /// What --strategy-frac of the nodes do: honest, lazy (garbage with
+    /// probability --q), uri-swap (commit the honest hash, serve another
+    /// blob), withhold (commit, never upload), lazy-validator (say "match"
+    /// without computing), lazy-validator-reveal (reveal garbage instead),
+    /// grief (dispute honest results), sybil (the same stake over many
+    /// minimum-stake nodes claiming one task, cheating and judging for each
+    /// other), tolerance (outputs just inside the tolerance, argmax tokens
+    /// flipped with probability --q); or `all`: each in turn on the same
+    /// seed, one table.
+    #[arg(long, default_value = "honest")]
+    pub strategy: String,
+    /// Fraction of nodes following --strategy (for sybil: of the stake).
+    #[arg(long, default_value_t = 0.1)]
+    pub strategy_frac: f64,
+    /// Per-result probability of cheating for lazy, sybil and tolerance.
     #[arg(long, default_value_t = 0.5)]
-    pub lazy_q: f64,
-    /// Fraction of nodes that, as validators, confirm any result (colluders).
+    pub q: f64,
+    /// Fraction of nodes in a cartel with every cheater: as validators they
+    /// confirm a cheater's result, on committees they vote for it.
     #[arg(long, default_value_t = 0.0)]
     pub collude: f64,
+    /// Compute cost of one execution of a task (asserter, validator or
+    /// committee member), as a percentage of the task's fee.
+    #[arg(long, default_value_t = splitup_sim::COMPUTE_COST_PCT)]
+    pub compute_cost_pct: u64,
     /// Challenge probability p (DESIGN.md default 0.08).
     #[arg(long, default_value_t = 0.08)]
     pub p: f64,
+    /// Virtual milliseconds between two submitted executions (each node
+    /// holds at most 4 tasks: a few nodes and a fast rate saturate the network).
+    #[arg(long, default_value_t = 50)]
+    pub submit_every_ms: u64,
     /// Check money conservation every N steps (default: every step up to 10^6 node-executions, else every 1000).
     #[arg(long)]
     pub check_every: Option<u64>,
-    /// Also print the catch rate of nodes that cheat on every task after 1, 10, 50 and 100 tasks.
+    /// Also print the catch rate of nodes returning bad results after 1, 10, 50 and 100 results
+    /// (with --strategy lazy --q 1: nodes that cheat on every task).
     #[arg(long)]
     pub catch_table: bool,
 }

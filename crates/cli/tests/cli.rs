@@ -267,9 +267,11 @@ fn sim_replays_from_its_seed_and_refuses_insecure_parameters() {
         "9",
         "--crash-frac",
         "0.1",
-        "--lazy-frac",
+        "--strategy",
+        "lazy",
+        "--strategy-frac",
         "0.2",
-        "--lazy-q",
+        "--q",
         "0.5",
     ];
     let a = ok(&splitup(&args, d.path()));
@@ -293,8 +295,48 @@ fn sim_replays_from_its_seed_and_refuses_insecure_parameters() {
         1,
     );
     assert!(err.contains("seed 4") && err.contains("p must exceed"), "{err}");
-    let err = fails(&splitup(&["sim", "--lazy-frac", "1.5"], d.path()), 1);
-    assert!(err.contains("--lazy-frac must be between 0 and 1"), "{err}");
+    let err = fails(&splitup(&["sim", "--strategy-frac", "1.5"], d.path()), 1);
+    assert!(err.contains("--strategy-frac must be between 0 and 1"), "{err}");
+    let err = fails(&splitup(&["sim", "--strategy", "sneaky"], d.path()), 1);
+    assert!(err.contains("unknown strategy") && err.contains("uri-swap"), "{err}");
+}
+
+#[test]
+fn sim_strategy_all_prints_one_row_per_strategy() {
+    let d = tempfile::tempdir().unwrap();
+    let args = [
+        "sim",
+        "--strategy",
+        "all",
+        "--nodes",
+        "30",
+        "--executions",
+        "100",
+        "--seed",
+        "3",
+        "--submit-every-ms",
+        "200",
+    ];
+    let out = ok(&splitup(&args, d.path()));
+    assert!(out.contains("seed 3 (replay with --seed 3)"), "{out}");
+    let table = out.split_once("\nstrategy ").expect("a table").1;
+    assert!(table.contains("profit/node") && table.contains("accepted"), "{out}");
+    for name in [
+        "honest",
+        "lazy",
+        "uri-swap",
+        "withhold",
+        "lazy-validator",
+        "lazy-validator-reveal",
+        "grief",
+        "sybil",
+        "tolerance",
+    ] {
+        assert!(
+            table.lines().any(|l| l.split_whitespace().next() == Some(name)),
+            "no row for {name}:\n{out}"
+        );
+    }
 }
 
 /// Bytes of a size as `print_plan` shows it ("581.4 KiB", "0 B"): rounded to

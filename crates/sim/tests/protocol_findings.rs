@@ -1,0 +1,234 @@
+//! Protocol defects the simulator found (issue 10), each as the smallest
+//! ledger scenario that shows it. They fail against the protocol of
+//! f2dc774, so they are ignored until the protocol is fixed:
+//! `cargo test -p splitup-sim --test protocol_findings -- --ignored`.
+
+use splitup_protocol::*;
+
+const NODE_STAKE: Micro = 2_000 * USDC;
+
+struct Net {
+    ledger: Ledger,
+    beacon: VrfBeacon,
+    authority: Keypair,
+    user: Keypair,
+    nodes: Vec<Keypair>,
+}
+
+impl Net {
+    fn apply(&mut self, who: &Keypair, ix: Instruction, now: Millis) {
+        let nonce = self.ledger.accounts.get(&who.pubkey()).map(|a| a.nonce).unwrap_or(0);
+        self.ledger
+            .apply_verified(who.pubkey(), nonce, &ix, now, &self.beacon)
+            .unwrap_or_else(|e| panic!("{ix:?} refused: {e}"));
+    }
+}
+
+fn spec(n: &str) -> TensorSpec {
+    TensorSpec {
+        name: n.into(),
+        shape: vec![1, 4],
+        dtype: "float32".into(),
+    }
+}
+
+/// A chain of `tasks` tasks (1 -> 2 -> ...), 1000 compute units and 1 GB
+/// each; node i supports the tasks in `supports[i]`.
+fn net(seed: u8, params: Params, tasks: u32, supports: &[Vec<u32>]) -> Net {
+    let key = |i: u8| {
+        Keypair::from_seed([
+            seed, i, 0xA5, 0x5A, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+            25, 26, 27, i,
+        ])
+    };
+    let authority = key(200);
+    let user = key(201);
+    let beacon = VrfBeacon::from_seed([seed; 32]);
+    let ledger = Ledger::genesis(Genesis {
+        params,
+        mint_authority: authority.pubkey(),
+        beacon: beacon.public_key(),
+    })
+    .expect("genesis");
+    let nodes: Vec<Keypair> = (0..supports.len() as u8).map(key).collect();
+    let mut n = Net {
+        ledger,
+        beacon,
+        authority,
+        user,
+        nodes,
+    };
+    let t = |i: u32| TaskDef {
+        vram: GB,
+        compute_units: 1000,
+        inputs: vec![spec(&format!("x{i}"))],
+        outputs: vec![spec(&format!("x{}", i + 1))],
+        weight_uri: "mem://w".into(),
+        weight_hash: [0; 32],
+        graph_hash: [0; 32],
+    };
+    let c = |s, d| Connection {
+        source_task: s,
+        destination_task: d,
+        source_output: 0,
+        dest_input: 0,
+    };
+    let model = ModelDef {
+        name: "chain".into(),
+        inputs: vec![spec("x1")],
+        outputs: vec![spec(&format!("x{}", tasks + 1))],
+        tasks: (1..=tasks).map(t).collect(),
+        connections: (0..=tasks).map(|i| c(i, if i == tasks { 0 } else { i + 1 })).collect(),
+    };
+    let user = n.user.pubkey();
+    let a = Keypair::from_seed(n.authority.seed());
+    n.apply(
+        &a,
+        Instruction::Mint {
+            to: user,
+            amount: 1_000 * USDC,
+        },
+        0,
+    );
+    let u = Keypair::from_seed(n.user.seed());
+    n.apply(&u, Instruction::RegisterModel(model), 0);
+    for (i, s) in supports.iter().enumerate() {
+        let k = Keypair::from_seed(n.nodes[i].seed());
+        n.apply(
+            &a,
+            Instruction::Mint {
+                to: k.pubkey(),
+                amount: NODE_STAKE,
+            },
+            0,
+        );
+        n.apply(
+            &k,
+            Instruction::RegisterNode {
+                vram: GB,
+                supports: s.iter().map(|t| (1, *t)).collect(),
+            },
+            0,
+        );
+        n.apply(&k, Instruction::Stake { amount: NODE_STAKE }, 0);
+    }
+    n.ledger.poll_events();
+    n
+}
+
+fn submit(n: &mut Net, now: Millis) {
+    let u = Keypair::from_seed(n.user.seed());
+    n.apply(
+        &u,
+        Instruction::SubmitExecution {
+            model: 1,
+            priority: 0,
+            input_commitment: [0; 32],
+        },
+        now,
+    );
+}
+
+fn commit(n: &mut Net, node: usize, task: u32, now: Millis) {
+    let c = *blake3::hash(&[task as u8]).as_bytes();
+    let k = Keypair::from_seed(n.nodes[node].seed());
+    n.apply(
+        &k,
+        Instruction::SubmitResult {
+            execution: 1,
+            task,
+            commitment: c,
+            output_uris: vec![format!("mem://store/{}", splitup_protocol::crypto::to_hex(&c))],
+        },
+        now,
+    );
+}
+
+/// Finding 1: a validator is assigned a task downstream of the result it
+/// validates, before it has sealed, so it reads (as its input) the bytes it
+/// must not see before sealing, and can copy them.
+///
+/// A chain 1 -> 2, p = 1. Node A supports task 1 only; node B tasks 1 and 2.
+/// A runs task 1 and commits; the draw makes B (the only other candidate)
+/// its validator; task 2 becomes ready at once (outputs are used
+/// optimistically while challenged), A cannot run it, and the stake-weighted
+/// draw for task 2 picks B, which does not yet hold a task of the execution.
+#[test]
+#[ignore = "protocol defect: a validator can be assigned a downstream task of the same execution before it seals"]
+fn a_validator_is_never_assigned_a_task_downstream_of_the_result_it_checks() {
+    let params = Params {
+        challenge_ppm: PPM,
+        ..Params::default()
+    };
+    // Try beacon seeds until task 1 goes to A (the draw is stake-weighted between A and B).
+    for seed in 0..32u8 {
+        let mut n = net(seed, params.clone(), 2, &[vec![1], vec![1, 2]]);
+        submit(&mut n, 1);
+        let (a, b) = (n.nodes[0].pubkey(), n.nodes[1].pubkey());
+        if n.ledger.executions[&1].tasks[0].node != Some(a) {
+            continue;
+        }
+        commit(&mut n, 0, 1, 2);
+        let e = &n.ledger.executions[&1];
+        assert_eq!(e.tasks[0].validator, Some(b), "B validates task 1");
+        assert_eq!(e.tasks[0].validator_seal, None);
+        assert_ne!(
+            e.tasks[1].node,
+            Some(b),
+            "task 2 (which reads task 1's output) was assigned to task 1's unsealed validator"
+        );
+        return;
+    }
+    panic!("no beacon seed gave task 1 to A");
+}
+
+/// Finding 2: `tick` marks silent nodes unresponsive one at a time and
+/// reassigns each one's tasks at once, so a task can be reassigned to a node
+/// the same tick marks unresponsive a moment later: each such hop costs the
+/// task an attempt and doubles its timeout. When a whole rack goes silent,
+/// one tick can burn every attempt and fail the execution while a live node
+/// was there all along.
+///
+/// Seven nodes that support the task fall silent; an eighth (L) keeps
+/// sending heartbeats. After the tick the task must be on L (or ready) with
+/// at most one timed-out attempt: the one of the node that held it.
+#[test]
+#[ignore = "protocol defect: a tick reassigns a silent node's task to other silent nodes it has not marked yet"]
+fn one_tick_costs_a_task_one_attempt_per_node_that_really_held_it() {
+    for seed in 0..32u8 {
+        let mut n = net(seed, Params::default(), 1, &vec![vec![1]; 8]);
+        submit(&mut n, 1);
+        let live = 7;
+        let holder = n.ledger.executions[&1].tasks[0].node.expect("assigned");
+        if holder == n.nodes[live].pubkey() {
+            continue;
+        }
+        // Only L keeps its heartbeats; the task's deadline (50 s) passes
+        // first: the holder times out and the task moves on, then at 91 s
+        // the silent nodes are marked.
+        let l = Keypair::from_seed(n.nodes[live].seed());
+        for t in (30_000..=90_000).step_by(30_000) {
+            n.apply(&l, Instruction::Heartbeat, t);
+        }
+        for now in (1_000..=91_000).step_by(1_000) {
+            n.ledger.tick(now, &n.beacon);
+        }
+        let events = n.ledger.poll_events();
+        let timed_out = events.iter().filter(|e| matches!(e, Event::TimedOut { .. })).count();
+        let r = &n.ledger.executions[&1];
+        let run = &r.tasks[0];
+        // Nodes that genuinely held the task for a full timeout: at most
+        // two in 91 s (50 s, then 100 s doubled). The rest were hops
+        // through nodes marked in the same tick.
+        assert!(
+            timed_out <= 2 && r.status == ExecStatus::InProgress,
+            "{timed_out} timeouts in 91 s (attempts {}, failures {}, execution {:?}); the live node was {}",
+            run.attempts,
+            run.failures,
+            r.status,
+            n.nodes[live].pubkey().short()
+        );
+        return;
+    }
+    panic!("no seed gave the task to a silent node");
+}
