@@ -13,7 +13,6 @@ use splitup_protocol::ExecStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-
 /// The default place of the operator's keys: a directory beside the data
 /// directory (`DATA-operator-keys`), never inside it.
 pub fn operator_keys_beside(data: &std::path::Path) -> std::path::PathBuf {
@@ -363,4 +362,3 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
     })?;
     Ok(0)
 }
-

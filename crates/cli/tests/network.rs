@@ -402,9 +402,17 @@ fn a_lazy_validator_cannot_read_or_copy_the_result_and_earns_nothing() {
     });
     fetch_and_compare(dir, &url, &reference);
     assert_eq!(earned_total(&url, &lazy), 0, "copying paid");
-    assert_eq!(slashed_total(&url, &lazy), 0, "it revealed nothing, so nothing to judge");
+    assert_eq!(
+        slashed_total(&url, &lazy),
+        0,
+        "it revealed nothing, so nothing to judge"
+    );
     let e = get(&url, "/v1/executions/1");
-    assert_ne!(e["tasks"][0]["validator"], lazy.as_str(), "the lazy validator was kept: {e}");
+    assert_ne!(
+        e["tasks"][0]["validator"],
+        lazy.as_str(),
+        "the lazy validator was kept: {e}"
+    );
     honest_kept(dir, &url, 3, &lazy);
 }
 
@@ -461,7 +469,11 @@ fn a_dispute_nobody_judges_ends_at_its_deadline_with_the_user_refunded_and_stake
     assert!(escrow > 0);
     assert!(balance() > before, "the user was not refunded");
     for name in ["honest0", "griefer"] {
-        assert_eq!(slashed_total(&url, &pubkey(dir, name)), 0, "{name} was slashed with no verdict");
+        assert_eq!(
+            slashed_total(&url, &pubkey(dir, name)),
+            0,
+            "{name} was slashed with no verdict"
+        );
     }
     for node in get(&url, "/v1/nodes").as_array().unwrap() {
         assert_eq!(node["disputes"], 0, "a stake is still locked: {node}");

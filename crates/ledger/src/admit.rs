@@ -209,9 +209,9 @@ pub async fn check_reveal(
     use futures_util::StreamExt;
     let hash = splitup_protocol::crypto::to_hex(commitment);
     let (_, mut chunks) = store.get_stream(&hash).await.map_err(|e| match e {
-        splitup_store::StoreError::Missing(_) => format!(
-            "the revealed outputs {hash} are not in the ledger's store: upload them before revealing"
-        ),
+        splitup_store::StoreError::Missing(_) => {
+            format!("the revealed outputs {hash} are not in the ledger's store: upload them before revealing")
+        }
         e => format!("the revealed outputs {hash} cannot be read: {e}"),
     })?;
     let mut h = splitup_protocol::crypto::validation_sealer(validator, execution, task);

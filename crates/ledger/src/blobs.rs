@@ -250,8 +250,7 @@ fn may_read(s: &Shared, key: &Pubkey, hash: &[u8; 32], now: Millis) -> bool {
         }
         // A validator never reads the result it checks before it has sealed
         // its own recomputation (whatever other role it has).
-        if e
-            .tasks
+        if e.tasks
             .iter()
             .any(|r| r.validator == Some(*key) && r.validator_seal.is_none() && r.commitment == Some(*hash))
         {

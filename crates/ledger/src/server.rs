@@ -249,12 +249,10 @@ impl Core {
             }
         };
         if genesis.beacon != beacon.public_key() {
-            return Err(ServerError::Other(
-                format!(
-                    "the beacon key in {} does not match this ledger's genesis",
-                    kd.display()
-                ),
-            ));
+            return Err(ServerError::Other(format!(
+                "the beacon key in {} does not match this ledger's genesis",
+                kd.display()
+            )));
         }
         if genesis.mint_authority != mint_authority {
             return Err(ServerError::Other(format!(

@@ -757,9 +757,9 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
                         })
                     }),
                 _ => node.send(Instruction::SubmitResult {
-                        execution: e,
-                        task: t,
-                        commitment,
+                    execution: e,
+                    task: t,
+                    commitment,
                     output_uris: vec![uri],
                 }),
             };
@@ -984,14 +984,21 @@ fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
         (node.log)(format!("judge execution {e} task {t}: staying away"));
         return true;
     }
-    let (asserter_honest, validator_honest) =
-        match recompute(&node.c, &node.cfg.worker, w.model, e, t, w.commitment, w.validator_commitment) {
-            Ok(v) => v,
-            Err(err) => {
-                (node.log)(format!("judge execution {e} task {t}: cannot re-execute: {err:#}"));
-                (None, None)
-            }
-        };
+    let (asserter_honest, validator_honest) = match recompute(
+        &node.c,
+        &node.cfg.worker,
+        w.model,
+        e,
+        t,
+        w.commitment,
+        w.validator_commitment,
+    ) {
+        Ok(v) => v,
+        Err(err) => {
+            (node.log)(format!("judge execution {e} task {t}: cannot re-execute: {err:#}"));
+            (None, None)
+        }
+    };
     match node.send(Instruction::DisputeVote {
         execution: e,
         task: t,
@@ -1032,11 +1039,19 @@ fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
         return false;
     };
     match node.c.get_blob(&hex(&claimed)) {
-        Ok(_) => log(format!("lazy validate execution {e} task {t}: read the checked result before sealing")),
-        Err(err) => log(format!("lazy validate execution {e} task {t}: cannot read the result before sealing: {err:#}")),
+        Ok(_) => log(format!(
+            "lazy validate execution {e} task {t}: read the checked result before sealing"
+        )),
+        Err(err) => log(format!(
+            "lazy validate execution {e} task {t}: cannot read the result before sealing: {err:#}"
+        )),
     }
     let seal = splitup_protocol::crypto::validation_seal(&node.cfg.key.pubkey(), e, t, b"not computed");
-    if let Err(err) = node.send(Instruction::SubmitValidation { execution: e, task: t, seal }) {
+    if let Err(err) = node.send(Instruction::SubmitValidation {
+        execution: e,
+        task: t,
+        seal,
+    }) {
         log(format!("lazy validate execution {e} task {t}: seal refused: {err:#}"));
         return true;
     }
@@ -1047,8 +1062,12 @@ fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
         commitment: claimed,
         output_uris: vec![uri],
     }) {
-        Ok(_) => log(format!("lazy validate execution {e} task {t}: the copied reveal was accepted")),
-        Err(err) => log(format!("lazy validate execution {e} task {t}: the copied reveal was refused: {err:#}")),
+        Ok(_) => log(format!(
+            "lazy validate execution {e} task {t}: the copied reveal was accepted"
+        )),
+        Err(err) => log(format!(
+            "lazy validate execution {e} task {t}: the copied reveal was refused: {err:#}"
+        )),
     }
     true
 }

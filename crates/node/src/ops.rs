@@ -153,9 +153,7 @@ pub fn task_output(c: &Client, execution: &ExecutionView, def: &ModelDef, task: 
         let r = execution.task(task).map_err(anyhow::Error::msg)?;
         // Read by the commitment on the ledger, never by a location the
         // asserter chose: `get_blob` checks the bytes hash to it.
-        let committed = r
-            .commitment
-            .with_context(|| format!("task {task} has no output yet"))?;
+        let committed = r.commitment.with_context(|| format!("task {task} has no output yet"))?;
         let spec = def
             .tasks
             .get(task as usize - 1)

@@ -1071,8 +1071,7 @@ impl Ledger {
         }
         if !crate::crypto::uris_name(uris, commitment) {
             return Err(ProtocolError::Invalid(
-                "the output URIs must name the committed blob (their last path segment is the commitment's hex)"
-                    .into(),
+                "the output URIs must name the committed blob (their last path segment is the commitment's hex)".into(),
             ));
         }
         Ok(())
@@ -1126,7 +1125,10 @@ impl Ledger {
             r.votes.clear();
             r.deadline = deadline;
         }
-        for k in std::iter::once(asserter).chain(validator).chain(committee.iter().copied()) {
+        for k in std::iter::once(asserter)
+            .chain(validator)
+            .chain(committee.iter().copied())
+        {
             inc(&mut self.nodes.get_mut(&k).unwrap().disputes);
         }
         self.events.push(Event::Disputed {
@@ -1567,9 +1569,7 @@ impl Ledger {
                         });
                     }
                     touched = true;
-                } else if r.status == TaskStatus::Challenged
-                    && r.validator == Some(node)
-                    && r.validator_seal.is_none()
+                } else if r.status == TaskStatus::Challenged && r.validator == Some(node) && r.validator_seal.is_none()
                 {
                     if !timed_out {
                         self.events.push(Event::Released {

@@ -1,7 +1,6 @@
 //! Protocol defects the simulator found (issue 10), each as the smallest
-//! ledger scenario that shows it. They fail against the protocol of
-//! f2dc774, so they are ignored until the protocol is fixed:
-//! `cargo test -p splitup-sim --test protocol_findings -- --ignored`.
+//! ledger scenario that shows it. Both failed against the first version of
+//! the new protocol (f2dc774) and pass since its fixes: regression tests.
 
 use splitup_protocol::*;
 
@@ -154,7 +153,6 @@ fn commit(n: &mut Net, node: usize, task: u32, now: Millis) {
 /// optimistically while challenged), A cannot run it, and the stake-weighted
 /// draw for task 2 picks B, which does not yet hold a task of the execution.
 #[test]
-#[ignore = "protocol defect: a validator can be assigned a downstream task of the same execution before it seals"]
 fn a_validator_is_never_assigned_a_task_downstream_of_the_result_it_checks() {
     let params = Params {
         challenge_ppm: PPM,
@@ -193,7 +191,6 @@ fn a_validator_is_never_assigned_a_task_downstream_of_the_result_it_checks() {
 /// sending heartbeats. After the tick the task must be on L (or ready) with
 /// at most one timed-out attempt: the one of the node that held it.
 #[test]
-#[ignore = "protocol defect: a tick reassigns a silent node's task to other silent nodes it has not marked yet"]
 fn one_tick_costs_a_task_one_attempt_per_node_that_really_held_it() {
     for seed in 0..32u8 {
         let mut n = net(seed, Params::default(), 1, &vec![vec![1]; 8]);
