@@ -1,7 +1,11 @@
 //! The simulator's tables (strategies, catch rate, the cartel's share of
 //! draws), for BENCHMARKS.md while the `splitup` binary cannot be built.
 //!
-//! `cargo run --release -p splitup-sim --example tables -- [nodes] [executions] [seed]`
+//! `TABLES=strategies,catch,shares EVERY=100 cargo run --release -p splitup-sim --example tables -- [nodes] [executions] [seed]`
+//!
+//! Every figure is a function of the same `splitup_sim::Config` that
+//! `splitup sim` builds from its flags, so `splitup sim --strategy all
+//! --nodes N --executions M --seed S --submit-every-ms MS` prints the same rows.
 
 use splitup_sim::{catch_table, format_rows, run, Config, Strategy, Summary};
 use std::time::Instant;
@@ -15,6 +19,7 @@ fn main() {
     let nodes = args.first().copied().unwrap_or(100) as usize;
     let executions = args.get(1).copied().unwrap_or(2000) as usize;
     let seed = args.get(2).copied().unwrap_or(7);
+    // TABLES: any of scale, strategies, catch, shares; EVERY: ms between submissions.
     let which = std::env::var("TABLES").unwrap_or_else(|_| "strategies,catch,shares".into());
     let submit_every_ms = std::env::var("EVERY").ok().map(|v| v.parse().unwrap()).unwrap_or(200);
     let base = Config {
@@ -24,6 +29,34 @@ fn main() {
         executions,
         ..Config::default()
     };
+    if which.contains("scale") {
+        let wall = Instant::now();
+        let s = run(
+            &Config {
+                check_every: 1000,
+                ..base.clone()
+            },
+            &mut |_, _| {},
+        )
+        .unwrap_or_else(|f| panic!("{f}"));
+        println!(
+            "scale, seed {seed}: {nodes} nodes, {executions} executions every {submit_every_ms} ms: {} completed ({} task results), {:.0} s virtual, {:.1} s wall; {} instructions, {:.0}/s with VRF proofs, {:.0}/s without; {} VRF proofs in {:.1} s ({:.0} us each); {} challenges ({:.2} %), validation overhead {:.4}; {} disputes",
+            s.completed,
+            s.task_results,
+            s.virtual_ms as f64 / 1e3,
+            wall.elapsed().as_secs_f64(),
+            s.instructions,
+            s.instructions_per_second(),
+            s.instructions_per_second_without_vrf(),
+            s.vrf_proofs,
+            s.vrf_time.as_secs_f64(),
+            s.vrf_time.as_secs_f64() * 1e6 / s.vrf_proofs.max(1) as f64,
+            s.challenges,
+            100.0 * s.challenges as f64 / s.task_results.max(1) as f64,
+            s.validation_overhead(),
+            s.disputes
+        );
+    }
     if which.contains("strategies") {
         println!("seed {seed}: {nodes} nodes, {executions} executions, strategy fraction {}, q {}, compute cost {} % of the fee", base.strategy_frac, base.q, base.compute_cost_pct);
         let mut rows = Vec::new();
@@ -81,6 +114,38 @@ fn main() {
         shares(&s);
     }
     if which.contains("shares") {
+        // A passive cartel: 10 % of the nodes (of the stake) collude but
+        // nobody cheats, so none of them is ever slashed: selection alone.
+        let cfg = Config {
+            collude_frac: 0.1,
+            ..base.clone()
+        };
+        let s = sim(&cfg);
+        println!("\npassive cartel (10 % of the nodes, nobody cheats):");
+        shares(&s);
+        // Sybils: 10 % of the stake over many minimum-stake nodes claiming
+        // task 1, honest (q = 0) so none leaves the pool; every result validated.
+        let mut params = base.params.clone();
+        params.challenge_ppm = 1_000_000;
+        let cfg = Config {
+            strategy: Strategy::Sybil,
+            strategy_frac: 0.1,
+            q: 0.0,
+            params,
+            ..base.clone()
+        };
+        let s = sim(&cfg);
+        let sybil = s.group("sybil").expect("sybils");
+        let all = s.groups.iter().map(|g| g.nodes).sum::<u64>();
+        println!(
+            "\nsybils, honest, p = 1: {} of {} nodes ({:.4}), stake share {:.4}",
+            sybil.nodes,
+            all,
+            sybil.nodes as f64 / all as f64,
+            s.shares.stake_share
+        );
+        shares(&s);
+        // Sybils cheating on every result they get, p = 0.08.
         let cfg = Config {
             strategy: Strategy::Sybil,
             strategy_frac: 0.1,
@@ -88,7 +153,7 @@ fn main() {
             ..base.clone()
         };
         let s = sim(&cfg);
-        println!("\nsybil: {} nodes", s.group("sybil").map(|g| g.nodes).unwrap_or(0));
+        println!("\nsybils cheating on every result (q = 1), p = 0.08:");
         print!("{}", format_rows(&s.groups));
         shares(&s);
     }

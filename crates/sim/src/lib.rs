@@ -730,6 +730,9 @@ impl<'a> Sim<'a> {
     /// The cartel's share of the free stake eligible for `task` of
     /// `execution`, leaving out `avoid` (`chosen` were eligible when drawn).
     fn cartel_share(&self, execution: u64, task: u32, avoid: &[Pubkey], chosen: &[Pubkey], judge: bool) -> f64 {
+        if self.s.colluding_stake_share == 0.0 {
+            return 0.0;
+        }
         let model = self.ledger.executions[&execution].model;
         let Some(list) = self.ledger.candidates.get(&(model, task)) else {
             return 0.0;
