@@ -1254,8 +1254,10 @@ impl Ledger {
         r.votes.insert(member, (asserter, validator));
         let (a, v, all) = self.tally(execution, task);
         let validator_on_record = self.executions[&execution].tasks[t].validator_commitment.is_some();
+        // Decided once every member has voted (or at the deadline): a member
+        // who re-executes is never shut out by an early majority.
         match a {
-            Some(a) if v.is_some() || !validator_on_record || all => {
+            Some(a) if all => {
                 self.resolve_dispute(execution, task, a, v.filter(|_| validator_on_record), false);
                 self.progress(execution, now, beacon);
             }
