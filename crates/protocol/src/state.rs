@@ -92,7 +92,7 @@ pub struct TaskRun {
     /// The committee drawn for a dispute, and each member's (asserter
     /// honest?, validator honest?) vote.
     pub committee: Vec<Pubkey>,
-    pub votes: BTreeMap<Pubkey, (Option<bool>, Option<bool>)>,
+    pub votes: BTreeMap<Pubkey, Vote>,
     /// Nodes that failed or cheated on this task: not assigned it again.
     pub excluded: Vec<Pubkey>,
     /// Already paid from escrow (so an invalidation refunds from the treasury).
@@ -1279,13 +1279,10 @@ impl Ledger {
     fn tally(&self, execution: u64, task: u32) -> (Option<bool>, Option<bool>, bool) {
         let r = &self.executions[&execution].tasks[task as usize - 1];
         let need = majority(self.params.committee_size).max(majority(r.committee.len() as u32)) as usize;
-        let decided = |pick: fn(&(Option<bool>, Option<bool>)) -> Option<bool>| {
-            for side in [true, false] {
-                if r.votes.values().filter(|x| pick(x) == Some(side)).count() >= need {
-                    return Some(side);
-                }
-            }
-            None
+        let decided = |pick: fn(&Vote) -> Option<bool>| {
+            [true, false]
+                .into_iter()
+                .find(|side| r.votes.values().filter(|x| pick(x) == Some(*side)).count() >= need)
         };
         (decided(|x| x.0), decided(|x| x.1), r.votes.len() >= r.committee.len())
     }
@@ -1983,6 +1980,10 @@ impl Ledger {
         tasks.chain(hb).min()
     }
 }
+
+/// A committee member's vote: (asserter honest?, validator honest?); `None`
+/// where it could not judge.
+pub type Vote = (Option<bool>, Option<bool>);
 
 /// The smallest strict majority of `n` members.
 pub fn majority(n: u32) -> u32 {
