@@ -1356,21 +1356,6 @@ impl Ledger {
         let r = self.executions[&execution].tasks[t].clone();
         let (asserter, v) = (r.node.unwrap(), r.validator);
         self.close_dispute(execution, task, at_deadline);
-        // The committee: the majority is paid, members who voted against it lose stake.
-        for (m, (a, _)) in &r.votes {
-            match a {
-                Some(x) if *x == asserter_honest => {
-                    let pay = (cost.saturating_mul(self.params.committee_reward_pct) / 100).min(self.treasury);
-                    self.treasury -= pay;
-                    credit(&mut self.accounts, &mut self.nodes, *m, pay);
-                }
-                Some(_) => {
-                    let s = self.slash_amount(cost, &self.nodes[m]);
-                    self.penalise(*m, s, execution, task);
-                }
-                None => {}
-            }
-        }
         let verdict;
         if asserter_honest {
             match validator {
@@ -1403,6 +1388,23 @@ impl Ledger {
             r.excluded.push(asserter);
             if let (Some(v), Some(false)) = (v, validator) {
                 r.excluded.push(v);
+            }
+        }
+        // The committee, once the slashes are in the treasury (the majority
+        // is paid from them first): the majority is paid, members who voted
+        // against it lose stake.
+        for (m, (a, _)) in &r.votes {
+            match a {
+                Some(x) if *x == asserter_honest => {
+                    let pay = (cost.saturating_mul(self.params.committee_reward_pct) / 100).min(self.treasury);
+                    self.treasury -= pay;
+                    credit(&mut self.accounts, &mut self.nodes, *m, pay);
+                }
+                Some(_) => {
+                    let s = self.slash_amount(cost, &self.nodes[m]);
+                    self.penalise(*m, s, execution, task);
+                }
+                None => {}
             }
         }
         self.events.push(Event::DisputeEnded {
@@ -1509,10 +1511,15 @@ impl Ledger {
                 let r = &self.executions[&execution].tasks[t];
                 (r.status, r.node, r.paid)
             };
+            // A task waiting for a node (Ready) read the fraudulent output too.
             if k != task
                 && !matches!(
                     status,
-                    TaskStatus::Completed | TaskStatus::Challenged | TaskStatus::Disputed | TaskStatus::Assigned
+                    TaskStatus::Completed
+                        | TaskStatus::Challenged
+                        | TaskStatus::Disputed
+                        | TaskStatus::Assigned
+                        | TaskStatus::Ready
                 )
             {
                 continue;
@@ -1550,6 +1557,11 @@ impl Ledger {
         for id in ids {
             let mut touched = false;
             for t in 0..self.executions[&id].tasks.len() {
+                // Replacing a validator can end the execution (a dispute with
+                // too small a committee): its holds are all released then.
+                if self.executions[&id].status != ExecStatus::InProgress {
+                    break;
+                }
                 let task = t as u32 + 1;
                 let r = &self.executions[&id].tasks[t];
                 if r.status == TaskStatus::Assigned && r.node == Some(node) {
