@@ -3,13 +3,14 @@
 //!
 //! This is the only crate that touches an ML engine.
 
+pub mod calibrate;
 pub mod eval;
 mod ort_backend;
 pub mod runner;
 pub mod worker;
 
 pub use eval::OrtEval;
-pub use ort_backend::{find_onnxruntime, OrtRuntime, ORT_PIP_SPEC};
+pub use ort_backend::{find_onnxruntime, OptLevel, OrtRuntime, ORT_PIP_SPEC};
 use splitup_tensor::Tensor;
 
 #[derive(Debug, thiserror::Error)]

@@ -98,14 +98,69 @@ fn lib_in(dir: &Path) -> Option<PathBuf> {
 
 static ENV: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
 
+/// ONNX Runtime's graph optimisation levels. Nodes may run a task at any of
+/// them; they reorder and fuse arithmetic, so results differ in the last bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptLevel {
+    /// No graph optimisation.
+    Disabled,
+    /// Constant folding, redundant node elimination, simple fusions.
+    Basic,
+    /// Also the complex fusions (GELU, attention, layer norm, ...).
+    Extended,
+    /// Also layout optimisations (ONNX Runtime's `ORT_ENABLE_LAYOUT`); what
+    /// [`OrtRuntime::new`] uses.
+    Layout,
+    /// Everything (`ORT_ENABLE_ALL`).
+    All,
+}
+
+impl OptLevel {
+    pub const ALL: [OptLevel; 5] = [
+        OptLevel::Disabled,
+        OptLevel::Basic,
+        OptLevel::Extended,
+        OptLevel::Layout,
+        OptLevel::All,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OptLevel::Disabled => "disabled",
+            OptLevel::Basic => "basic",
+            OptLevel::Extended => "extended",
+            OptLevel::Layout => "layout",
+            OptLevel::All => "all",
+        }
+    }
+
+    fn ort(self) -> GraphOptimizationLevel {
+        match self {
+            OptLevel::Disabled => GraphOptimizationLevel::Disable,
+            OptLevel::Basic => GraphOptimizationLevel::Level1,
+            OptLevel::Extended => GraphOptimizationLevel::Level2,
+            OptLevel::Layout => GraphOptimizationLevel::Level3,
+            OptLevel::All => GraphOptimizationLevel::All,
+        }
+    }
+}
+
 pub struct OrtRuntime {
     intra_threads: usize,
+    level: OptLevel,
 }
 
 impl OrtRuntime {
     /// Loads ONNX Runtime once per process. `intra_threads` is the thread
-    /// count of each session (0: ONNX Runtime's default).
+    /// count of each session (0: ONNX Runtime's default). Sessions are
+    /// optimised at [`OptLevel::Layout`].
     pub fn new(intra_threads: usize) -> Result<OrtRuntime, ExecError> {
+        OrtRuntime::with_level(intra_threads, OptLevel::Layout)
+    }
+
+    /// As [`OrtRuntime::new`], with sessions optimised at `level`.
+    pub fn with_level(intra_threads: usize, level: OptLevel) -> Result<OrtRuntime, ExecError> {
         let r = ENV.get_or_init(|| {
             let path = find_onnxruntime().map_err(|e| e.to_string())?;
             let env = ort::init_from(&path)
@@ -116,7 +171,7 @@ impl OrtRuntime {
             Ok((env, path))
         });
         match r {
-            Ok(_) => Ok(OrtRuntime { intra_threads }),
+            Ok(_) => Ok(OrtRuntime { intra_threads, level }),
             Err(e) => Err(ExecError::Runtime(e.clone())),
         }
     }
@@ -163,9 +218,7 @@ impl Runtime for OrtRuntime {
             .and_then(|r| r.as_ref().ok())
             .ok_or_else(|| rt_err("ONNX Runtime is not initialised"))?;
         let mut b = ort::session::Session::builder(env).map_err(rt_err)?;
-        b = b
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(rt_err)?;
+        b = b.with_optimization_level(self.level.ort()).map_err(rt_err)?;
         if self.intra_threads > 0 {
             b = b.with_intra_threads(self.intra_threads).map_err(rt_err)?;
         }

@@ -45,6 +45,11 @@ pub enum Mismatch {
 ///   far off, scaled by the tensor's magnitude).
 ///
 /// Integer and boolean outputs must match exactly.
+///
+/// These limits are fixed per dtype, not calibrated: the max-abs limit grows
+/// with the tensor's largest value (so a few nudged logits pass) while the
+/// relative-L2 limit can be tighter than honest bf16 runs. Tasks with a
+/// calibrated tolerance are judged by [`crate::judge`] instead.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Agreement {
     pub rel_l2: f64,

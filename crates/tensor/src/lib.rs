@@ -7,12 +7,18 @@
 
 mod compare;
 mod dtype;
+mod judge;
 pub mod npy;
 pub mod st;
 mod value;
 
 pub use compare::{agree, allclose, Agreement, Mismatch, Tolerance};
 pub use dtype::DType;
+pub use judge::{
+    allowed_misses, assess, calibrate, judge, CalibrateError, Check, CheckKind, IndicesOf, JudgeError, OutputTolerance,
+    Pairings, Worst, ATOL_MAX, CALIBRATION_QUANTILE, FALSE_ALARM, MISS_RATE_FLOOR, MISS_RATE_MAX, RTOL_MAX, SAFETY_MAX,
+    SAFETY_MIN,
+};
 pub use value::{Tensor, TensorError};
 
 /// BLAKE3 of `bytes`, as 64 lowercase hex characters: the content address of
