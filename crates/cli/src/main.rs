@@ -196,6 +196,7 @@ pub struct LedgerStartArgs {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: std::net::SocketAddr,
     /// Challenge probability p at genesis (ignored if the data directory already has a genesis).
+    /// With --dev, 0 runs a network that verifies nothing (for trying things out).
     #[arg(long, default_value_t = 0.08)]
     pub p: f64,
     /// A development network on this machine: the mint key is kept with the

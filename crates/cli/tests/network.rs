@@ -580,7 +580,7 @@ fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
 fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "0.08", "--test-timeouts"]);
     assert_eq!(get(&url, "/v1/genesis")["params"]["challenge_ppm"], 80_000);
     deploy_and_reference(dir, &url);
     // A dispute needs a validator and two more judges: the cheater works

@@ -227,6 +227,7 @@ impl Core {
                     params: if cfg.test_timeouts {
                         Params {
                             challenge_ppm: cfg.challenge_ppm,
+                            unverified: cfg.dev && cfg.challenge_ppm == 0,
                             heartbeat_ms: 2_000,
                             task_timeout_min_ms: 10_000,
                             task_timeout_per_100cu_ms: 100,
@@ -237,6 +238,7 @@ impl Core {
                     } else {
                         Params {
                             challenge_ppm: cfg.challenge_ppm,
+                            unverified: cfg.dev && cfg.challenge_ppm == 0,
                             ..Params::default()
                         }
                     },

@@ -89,6 +89,10 @@ pub struct Params {
     /// Each member of a decided dispute's majority earns this percentage of
     /// the task cost (from the slash, else from the treasury).
     pub committee_reward_pct: u64,
+    /// A development network without Proof of Sampling: p must be 0 and
+    /// the security condition is not checked (at genesis or per node).
+    /// Only `splitup ledger start --dev --p 0` sets it: nothing is verified.
+    pub unverified: bool,
 }
 
 impl Default for Params {
@@ -134,6 +138,7 @@ impl Default for Params {
             dispute_ms: 600_000,
             absent_penalty: 10 * USDC,
             committee_reward_pct: 100,
+            unverified: false,
         }
     }
 }

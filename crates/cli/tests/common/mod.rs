@@ -39,10 +39,17 @@ pub fn start_ledger(dir: &Path, extra: &[&str]) -> (Proc, String) {
 
 /// As [`start_ledger`], listening on `listen`, with `env` set; its output
 /// after the first line is forwarded to stderr, tagged with `dir`'s name.
+///
+/// Without `--p` in `extra` the ledger challenges nothing (`--p 0`): a
+/// challenged result needs a validator and two judges besides its asserter,
+/// which most of these small networks do not have (the execution would fail
+/// with a refund). Tests of verification pass `--p` themselves.
 pub fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, String)]) -> (Proc, String) {
+    let p: &[&str] = if extra.contains(&"--p") { &[] } else { &["--p", "0"] };
     let mut child = bin()
         .args(["ledger", "start", "--dev", "--listen", listen, "--data"])
         .arg(dir.join("ledger"))
+        .args(p)
         .args(extra)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
