@@ -169,6 +169,9 @@ pub struct NodeStartArgs {
     /// TEST ONLY: scale outputs by 1 ± 1e-6, as different hardware would (honest, not bit-identical).
     #[arg(long, hide = true)]
     pub jitter: bool,
+    /// TEST ONLY: attack the network: uri-swap, withhold, lazy-validator, grief or absent (a judge that never votes).
+    #[arg(long, hide = true, value_name = "ATTACK")]
+    pub test_attack: Option<String>,
     /// TEST ONLY: wait this many milliseconds before executing each task.
     #[arg(long, hide = true, default_value_t = 0)]
     pub delay_ms: u64,
@@ -176,27 +179,32 @@ pub struct NodeStartArgs {
 
 #[derive(Subcommand)]
 pub enum LedgerCommand {
-    /// Start the ledger: keys, genesis and log in --data; replays the log on restart.
+    /// Start the ledger: genesis and log in --data, operator keys beside it; replays the log on restart.
     Start(LedgerStartArgs),
 }
 
 #[derive(Args)]
 pub struct LedgerStartArgs {
-    /// Data directory (created if missing): ledger.sqlite, keys/, blobs/.
+    /// Data directory (created if missing): ledger.sqlite, blobs/.
     #[arg(long, default_value = "splitup-data")]
     pub data: PathBuf,
+    /// The operator's keys (the VRF beacon's; with --dev the mint's too),
+    /// kept outside the data directory. Default: DATA-operator-keys beside it.
+    #[arg(long, value_name = "DIR")]
+    pub operator_keys: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: std::net::SocketAddr,
     /// Challenge probability p at genesis (ignored if the data directory already has a genesis).
     #[arg(long, default_value_t = 0.08)]
     pub p: f64,
-    /// A development network on this machine: the mint key is kept in
-    /// --data and `splitup faucet` mints on request. Loopback addresses only.
+    /// A development network on this machine: the mint key is kept with the
+    /// operator's keys and `splitup faucet` mints on request. Loopback addresses only.
     #[arg(long, conflicts_with = "mint_authority")]
     pub dev: bool,
     /// A public network: the public key allowed to mint USDC (`splitup mint`
-    /// with its key file, kept off this machine). Required without --dev.
+    /// with its key file, kept off this machine). Without it and without
+    /// --dev, nobody can mint.
     #[arg(long, value_name = "PUBKEY", value_parser = util::parse_pubkey)]
     pub mint_authority: Option<splitup_protocol::Pubkey>,
     /// Signed instructions per second one client address may send (bursts of twice that).

@@ -13,14 +13,24 @@ use splitup_protocol::ExecStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use splitup_node::Client;
+/// The default place of the operator's keys: a directory beside the data
+/// directory (`DATA-operator-keys`), never inside it.
+pub fn operator_keys_beside(data: &std::path::Path) -> std::path::PathBuf {
+    let mut name = data
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "splitup-data".into());
+    name.push("-operator-keys");
+    data.with_file_name(name)
+}
 
 pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
     if !(0.0..=1.0).contains(&a.p) {
         bail!("--p must be between 0 and 1");
     }
-    let data = a.data.clone();
+    let keys = a.operator_keys.clone().unwrap_or_else(|| operator_keys_beside(&a.data));
     let cfg = server::Config {
+        keys,
         data: a.data,
         listen: a.listen,
         challenge_ppm: (a.p * 1e6).round() as u64,
@@ -49,11 +59,7 @@ pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
         orphan_ttl_ms: a.retention_secs.saturating_mul(1000),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(server::serve_with(cfg, move |addr| {
-        // The oracle committee, in-process by default but a client of the
-        // public API like any other: it re-executes disputed tasks and votes.
-        std::thread::spawn(move || committee(format!("http://{addr}"), data));
-    }))?;
+    rt.block_on(server::serve_with(cfg, |_| {}))?;
     println!("ledger stopped");
     Ok(0)
 }
@@ -336,12 +342,16 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         poll_every: std::time::Duration::from_millis(100),
         worker: splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"])
             .context("cannot find this executable to start task workers")?,
-        fault: if a.cheat {
-            splitup_node::daemon::Fault::Cheat
-        } else if a.jitter {
-            splitup_node::daemon::Fault::Jitter
-        } else {
-            splitup_node::daemon::Fault::None
+        fault: match a.test_attack.as_deref() {
+            _ if a.cheat => splitup_node::daemon::Fault::Cheat,
+            _ if a.jitter => splitup_node::daemon::Fault::Jitter,
+            None => splitup_node::daemon::Fault::None,
+            Some("uri-swap") => splitup_node::daemon::Fault::UriSwap,
+            Some("withhold") => splitup_node::daemon::Fault::Withhold,
+            Some("lazy-validator") => splitup_node::daemon::Fault::LazyValidator,
+            Some("grief") => splitup_node::daemon::Fault::Grief,
+            Some("absent") => splitup_node::daemon::Fault::Absent,
+            Some(other) => bail!("--test-attack {other}: one of uri-swap, withhold, lazy-validator, grief, absent"),
         },
         delay: std::time::Duration::from_millis(a.delay_ms),
     };
@@ -351,94 +361,4 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         let _ = std::io::stdout().flush();
     })?;
     Ok(0)
-}
-
-/// Two committee members re-execute every disputed task and vote whether
-/// the asserter's commitment is the honest one.
-fn committee(url: String, data: std::path::PathBuf) {
-    let members: Vec<splitup_protocol::Keypair> = match (0..2)
-        .map(|i| keys::read(&data.join("keys").join(format!("committee-{i}.json"))))
-        .collect()
-    {
-        Ok(k) => k,
-        Err(e) => return eprintln!("committee disabled: {e}"),
-    };
-    // Blob reads (the task's graph, weights and inputs) are signed by a committee key.
-    let Ok(c) = Client::new(&url).map(|c| c.signed_by(members[0].clone())) else {
-        return;
-    };
-    // Disputed tasks are re-executed in task workers (this executable), so
-    // a task that hangs or allocates without bound cannot take the ledger down.
-    let worker = match splitup_exec::worker::WorkerCommand::current_exe(&["node", "worker"]) {
-        Ok(w) => w,
-        Err(e) => return eprintln!("committee disabled: cannot find this executable to start task workers: {e}"),
-    };
-    // A dispute that could not be re-executed is retried after a while, not at once.
-    let mut failed: std::collections::HashMap<(u64, u32), std::time::Instant> = Default::default();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let disputes: Vec<splitup_protocol::api::DisputeView> = match c.get_as("/v1/disputes") {
-            Ok(d) => d,
-            Err(err) => {
-                eprintln!("committee: cannot read the disputes: {err:#}");
-                continue;
-            }
-        };
-        for d in disputes {
-            let (e, m, t) = (d.execution, d.model, d.task);
-            let voters = d.voters;
-            if failed
-                .get(&(e, t))
-                .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(5))
-            {
-                continue;
-            }
-            let claimed = d
-                .commitment
-                .map(|c| splitup_protocol::crypto::to_hex(&c))
-                .unwrap_or_default();
-            let honest = match splitup_node::daemon::recompute(&c, &worker, m, e, t, &claimed) {
-                Ok(verdict) => {
-                    if let Err(why) = &verdict {
-                        eprintln!("committee: execution {e} task {t}: the asserter's result disagrees: {why:#}");
-                    }
-                    verdict.is_ok()
-                }
-                Err(err) => {
-                    eprintln!("committee: re-executing execution {e} task {t} failed: {err:#}");
-                    failed.insert((e, t), std::time::Instant::now());
-                    continue;
-                }
-            };
-            for k in &members {
-                if voters.contains(&k.pubkey()) {
-                    continue;
-                }
-                // The ledger's own liveness votes share these keys: retry on a nonce race.
-                for _ in 0..5 {
-                    match c.send(
-                        k,
-                        splitup_protocol::Instruction::DisputeVote {
-                            execution: e,
-                            task: t,
-                            asserter_honest: honest,
-                        },
-                    ) {
-                        Ok(_) => break,
-                        Err(err) if err.to_string().contains("409") => continue,
-                        Err(err) => {
-                            eprintln!("committee vote on execution {e} task {t}: {err:#}");
-                            break;
-                        }
-                    }
-                }
-            }
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stdout(),
-                "committee: execution {e} task {t}: asserter {}",
-                if honest { "upheld" } else { "found cheating" }
-            );
-        }
-    }
 }

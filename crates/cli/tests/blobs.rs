@@ -450,19 +450,17 @@ fn a_stranger_cannot_read_an_executions_tensors_its_user_and_nodes_can() {
     );
     let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
     allclose(&net, &reference, Tolerance::PARTITION).unwrap();
-    // A stranger with money, one with little, the user, the node, a committee member.
+    // A stranger with money, one with little, the user, the node.
     fund_key(dir, &url, "stranger.json", 5000);
     fund_key(dir, &url, "pauper.json", 1);
     let (stranger, pauper) = (key(dir, "stranger.json"), key(dir, "pauper.json"));
     let (user, node) = (key(dir, "user.json"), key(dir, "node.json"));
-    let committee = keys::read(&dir.join("ledger/keys/committee-0.json")).unwrap();
     let tensors = execution_blobs(&url, id);
     for h in &tensors {
         assert_eq!(read_status(&url, h, &stranger), 403, "a stranger read {h}");
         assert_eq!(read_status(&url, h, &pauper), 403, "a stranger read {h}");
         assert_eq!(read_status(&url, h, &user), 200, "the user cannot read {h}");
         assert_eq!(read_status(&url, h, &node), 200, "the node cannot read {h}");
-        assert_eq!(read_status(&url, h, &committee), 200, "the committee cannot read {h}");
         let r = http().get(format!("{url}/v1/blobs/{h}")).send().unwrap();
         assert_eq!(r.status().as_u16(), 401);
     }

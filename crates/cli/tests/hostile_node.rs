@@ -476,7 +476,7 @@ fn a_hanging_task_is_killed_and_reported_while_the_node_heartbeats_and_serves_ot
     // And heartbeats go on.
     let hb = |url: &str| {
         let a = get(url, &format!("/v1/accounts/{me}"));
-        assert_eq!(a["node"]["suspect"], false, "{a}");
+        assert_eq!(a["node"]["status"], "Active", "{a}");
         a["node"]["last_heartbeat_ms"].as_u64().unwrap()
     };
     let first = hb(&url);
@@ -823,20 +823,21 @@ fn graphs_that_reach_for_files_or_cannot_load_are_skipped_and_the_key_never_leak
     assert!(!node_exited(&n));
     assert!(n.log().iter().all(|l| !l.contains(&secret_hex)));
 
-    // The committee's path refuses them too, before any runtime sees them.
+    // A judge's path refuses them too, before any runtime sees them.
     let worker = splitup_exec::worker::WorkerCommand {
         program: env!("CARGO_BIN_EXE_splitup").into(),
         args: vec!["node".into(), "worker".into()],
     };
     for (name, id) in &hostile {
-        // Read as the model's owner would (the committee signs with its own key).
+        // Read as the model's owner would (a judge signs with its own node key).
         let err = splitup_node::daemon::recompute(
             &Client::new(&url).unwrap().signed_by(owner.clone()),
             &worker,
             *id,
             1,
             1,
-            &"00".repeat(32),
+            Some([0; 32]),
+            None,
         )
         .err()
         .unwrap_or_else(|| panic!("{name}: recompute should fail"));

@@ -241,6 +241,43 @@ fn fetch_and_compare(dir: &Path, url: &str, reference: &Tensor) {
     allclose(&net, reference, Tolerance::PARTITION).unwrap();
 }
 
+/// Starts honest nodes `NAME0..NAMEn` at once (each registers in parallel).
+fn start_honest(dir: &Path, url: &str, n: usize) -> Vec<Proc> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| s.spawn(move || start_node(dir, url, &format!("honest{i}"))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn earned_total(url: &str, key: &str) -> u64 {
+    get(url, &format!("/v1/accounts/{key}"))["node"]["earned_total"]
+        .as_u64()
+        .unwrap()
+}
+
+/// No honest node lost stake, every node's holds are released once the
+/// execution has finished, and none of execution 1's kept results is `who`'s.
+fn honest_kept(dir: &Path, url: &str, n: usize, who: &str) {
+    for i in 0..n {
+        let k = pubkey(dir, &format!("honest{i}"));
+        assert_eq!(slashed_total(url, &k), 0, "honest{i} lost stake");
+    }
+    for node in get(url, "/v1/nodes").as_array().unwrap() {
+        assert_eq!(node["disputes"], 0, "a dispute hold was never released: {node}");
+    }
+    let e = get(url, "/v1/executions/1");
+    assert!(
+        e["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["node"].as_str() != Some(who)),
+        "the attacker's result survived: {e}"
+    );
+}
+
 #[test]
 fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
     let d = tempfile::tempdir().unwrap();
@@ -248,51 +285,36 @@ fn a_cheating_node_is_found_out_slashed_and_the_user_gets_the_honest_output() {
     // p = 1: every result is challenged, so the outcome is deterministic.
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
     let (reference, _) = deploy_and_reference(dir, &url);
-    // The cheater is alone when the execution starts, so it takes task 1.
-    let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
+    // The cheater is alone when the execution starts, so it takes task 1; it
+    // waits 5 s before computing, by when its validator and the two nodes a
+    // committee needs are up.
+    let _cheater = start_node_with(dir, &url, "cheater", &["--cheat", "--delay-ms", "5000"]);
     assert_eq!(submit(dir, &url), 1);
+    let _honest = start_honest(dir, &url, 3);
     let cheater = pubkey(dir, "cheater");
-    wait_for(60, "the cheater to be slashed", || slashed_total(&url, &cheater) > 0);
-    let _honest: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
+    wait_for(90, "the cheater to be slashed", || slashed_total(&url, &cheater) > 0);
     wait_for(120, "execution 1 to complete", || {
         get(&url, "/v1/executions/1")["status"] == "Completed"
     });
     fetch_and_compare(dir, &url, &reference);
     let slashed = slashed_total(&url, &cheater);
     assert!(slashed >= 500_000_000, "slashed {slashed}");
-    for i in 0..2 {
-        let k = pubkey(dir, &format!("honest{i}"));
-        assert_eq!(slashed_total(&url, &k), 0, "an honest node was slashed");
-    }
-    let e = get(&url, "/v1/executions/1");
-    assert!(
-        e["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|t| t["node"].as_str() != Some(cheater.as_str())),
-        "a cheater's result survived: {e}"
-    );
+    honest_kept(dir, &url, 3, &cheater);
 }
 
 #[test]
-fn an_honest_node_on_different_hardware_passes_challenges_within_tolerance() {
+fn an_honest_node_on_different_hardware_is_upheld_by_the_committee_and_nobody_is_slashed() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
     let (reference, _) = deploy_and_reference(dir, &url);
     // Its outputs differ from ONNX Runtime's on this machine in the last bits
-    // (1 ± 1e-6), so its commitments never equal a recomputation's: only a
-    // numerical comparison (committee, then a validator) can find it honest.
-    let _jitter = start_node_with(dir, &url, "jitter", &["--jitter"]);
+    // (1 ± 1e-6), so a validator's bytes never equal them: the committee
+    // re-executes and finds both sides honest within the tolerance.
+    let _jitter = start_node_with(dir, &url, "jitter", &["--jitter", "--delay-ms", "5000"]);
     assert_eq!(submit(dir, &url), 1);
+    let _honest = start_honest(dir, &url, 3);
     let jitter = pubkey(dir, "jitter");
-    wait_for(60, "the jittery node's first result to be judged", || {
-        get(&url, "/v1/executions/1")["tasks"][0]["status"] != "Assigned"
-            && get(&url, "/v1/executions/1")["tasks"][0]["status"] != "Challenged"
-            && get(&url, "/v1/executions/1")["tasks"][0]["status"] != "Disputed"
-    });
-    let _honest = start_node(dir, &url, "honest");
     wait_for(120, "execution 1 to complete", || {
         get(&url, "/v1/executions/1")["status"] == "Completed"
     });
@@ -300,10 +322,166 @@ fn an_honest_node_on_different_hardware_passes_challenges_within_tolerance() {
     let e = get(&url, "/v1/executions/1");
     let tasks = e["tasks"].as_array().unwrap();
     assert!(tasks.iter().all(|t| t["challenged"] == true), "p = 1: {e}");
-    let by_jitter = tasks.iter().filter(|t| t["node"] == jitter.as_str()).count();
-    assert!(by_jitter >= 1, "the jittery node's results were not kept: {e}");
-    for name in ["jitter", "honest"] {
-        assert_eq!(slashed_total(&url, &pubkey(dir, name)), 0, "{name} was slashed");
+    let t1 = &tasks[0];
+    assert_eq!(t1["node"], jitter.as_str(), "{e}");
+    assert_eq!(t1["outcome"], "both honest (within tolerance)", "{e}");
+    assert!(earned_total(&url, &jitter) > 0);
+    assert_eq!(slashed_total(&url, &jitter), 0, "the honest jittery node was slashed");
+    honest_kept(dir, &url, 3, "none");
+}
+
+/// An asserter that commits the honest hash but serves other bytes, or
+/// commits without serving: the ledger refuses the result, the task times
+/// out to an honest node, the attacker earns nothing.
+fn refused_asserter(attack: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
+    let (reference, _) = deploy_and_reference(dir, &url);
+    let _attacker = start_node_with(dir, &url, "attacker", &["--test-attack", attack]);
+    assert_eq!(submit(dir, &url), 1);
+    let attacker = pubkey(dir, "attacker");
+    let _honest = start_honest(dir, &url, 3);
+    wait_for(120, "execution 1 to complete", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    fetch_and_compare(dir, &url, &reference);
+    let e = get(&url, "/v1/executions/1");
+    assert!(e["tasks"][0]["timeouts"].as_u64().unwrap() >= 1, "{e}");
+    // It is paid nothing for the task it attacked (it may have validated
+    // others' results honestly since, for a validator's reward).
+    let worker = e["tasks"][0]["node"].as_str().unwrap().to_string();
+    assert!(
+        earned_total(&url, &attacker) < earned_total(&url, &worker),
+        "{attack}: the attacker earned as much as the node that did the work"
+    );
+    honest_kept(dir, &url, 3, &attacker);
+}
+
+#[test]
+fn a_uri_swapping_asserter_is_refused_and_earns_nothing() {
+    refused_asserter("uri-swap");
+}
+
+#[test]
+fn a_withholding_asserter_is_refused_and_earns_nothing() {
+    refused_asserter("withhold");
+}
+
+/// `honest0` takes the execution alone and waits 5 s before computing; the
+/// node `name` (started next, and waiting 5 s before each work item) is
+/// then the only possible validator of task 1. Returns once it is drawn.
+fn challenged_by(dir: &Path, url: &str, name: &str, attack: &str) -> (Proc, Proc) {
+    let first = start_node_with(dir, url, "honest0", &["--delay-ms", "5000"]);
+    assert_eq!(submit(dir, url), 1);
+    // It supports task 1 only: it is paid for nothing but that validation.
+    let v = start_node_with(
+        dir,
+        url,
+        name,
+        &["--test-attack", attack, "--delay-ms", "5000", "--specialise", "1/1"],
+    );
+    let k = pubkey(dir, name);
+    wait_for(60, "the attacker to be drawn as task 1's validator", || {
+        get(url, "/v1/executions/1")["tasks"][0]["validator"] == k.as_str()
+    });
+    (first, v)
+}
+
+#[test]
+fn a_lazy_validator_cannot_read_or_copy_the_result_and_earns_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
+    let (reference, _) = deploy_and_reference(dir, &url);
+    let (_h0, _lazy) = challenged_by(dir, &url, "lazy", "lazy-validator");
+    let lazy = pubkey(dir, "lazy");
+    let _more: Vec<Proc> = (1..3).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
+    wait_for(120, "execution 1 to complete", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    fetch_and_compare(dir, &url, &reference);
+    assert_eq!(earned_total(&url, &lazy), 0, "copying paid");
+    assert_eq!(
+        slashed_total(&url, &lazy),
+        0,
+        "it revealed nothing, so nothing to judge"
+    );
+    let e = get(&url, "/v1/executions/1");
+    assert_ne!(
+        e["tasks"][0]["validator"],
+        lazy.as_str(),
+        "the lazy validator was kept: {e}"
+    );
+    honest_kept(dir, &url, 3, &lazy);
+}
+
+#[test]
+fn a_griefing_validator_loses_its_dispute_and_stake_and_the_honest_asserter_is_paid() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
+    let (reference, _) = deploy_and_reference(dir, &url);
+    let (_h0, _griefer) = challenged_by(dir, &url, "griefer", "grief");
+    // The two more nodes a committee needs.
+    let _more: Vec<Proc> = (1..3).map(|i| start_node(dir, &url, &format!("honest{i}"))).collect();
+    let griefer = pubkey(dir, "griefer");
+    wait_for(120, "execution 1 to complete", || {
+        get(&url, "/v1/executions/1")["status"] == "Completed"
+    });
+    fetch_and_compare(dir, &url, &reference);
+    let e = get(&url, "/v1/executions/1");
+    assert_eq!(e["tasks"][0]["validator"], griefer.as_str(), "{e}");
+    assert_eq!(e["tasks"][0]["outcome"], "asserter upheld, validator slashed", "{e}");
+    assert!(slashed_total(&url, &griefer) >= 500_000_000);
+    // The asserter it tried to grief earned half the slash on top of its fee.
+    assert!(earned_total(&url, &pubkey(dir, "honest0")) >= 250_000_000);
+    honest_kept(dir, &url, 3, &griefer);
+}
+
+#[test]
+fn a_dispute_nobody_judges_ends_at_its_deadline_with_the_user_refunded_and_stakes_unlocked() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--p", "1", "--test-timeouts"]);
+    deploy_and_reference(dir, &url);
+    let (_h0, _griefer) = challenged_by(dir, &url, "griefer", "grief");
+    let balance = || {
+        get(&url, &format!("/v1/accounts/{}", pubkey(dir, "user")))["balance"]
+            .as_u64()
+            .unwrap()
+    };
+    let escrow = get(&url, "/v1/executions/1")["escrow"].as_u64().unwrap();
+    let before = balance();
+    // The only possible judges never vote.
+    let _absent: Vec<Proc> = (0..2)
+        .map(|i| start_node_with(dir, &url, &format!("absent{i}"), &["--test-attack", "absent"]))
+        .collect();
+    wait_for(120, "execution 1 to end", || {
+        get(&url, "/v1/executions/1")["status"] != "InProgress"
+    });
+    let e = get(&url, "/v1/executions/1");
+    let failed = e["status"]["Failed"].as_str().unwrap_or_else(|| panic!("{e}"));
+    assert!(failed.contains("no verdict") && failed.contains("refunded"), "{failed}");
+    assert_eq!(e["escrow"], 0);
+    assert_eq!(e["tasks"][0]["outcome"], "undecided", "{e}");
+    // What no completed task was paid from the escrow comes back.
+    assert!(escrow > 0);
+    assert!(balance() > before, "the user was not refunded");
+    for name in ["honest0", "griefer"] {
+        assert_eq!(
+            slashed_total(&url, &pubkey(dir, name)),
+            0,
+            "{name} was slashed with no verdict"
+        );
+    }
+    for node in get(&url, "/v1/nodes").as_array().unwrap() {
+        assert_eq!(node["disputes"], 0, "a stake is still locked: {node}");
+        assert_eq!(node["load"], 0, "a hold was not released: {node}");
+    }
+    // The members who stayed away paid for it.
+    for i in 0..2 {
+        assert!(slashed_total(&url, &pubkey(dir, &format!("absent{i}"))) > 0);
     }
 }
 
@@ -405,20 +583,25 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
     let (_ledger, url) = start_ledger_with(dir, "127.0.0.1:0", &["--test-timeouts"]);
     assert_eq!(get(&url, "/v1/genesis")["params"]["challenge_ppm"], 80_000);
     deploy_and_reference(dir, &url);
+    // A dispute needs a validator and two more judges: the cheater works
+    // among three honest nodes. It cheats as asserter and as validator.
     let _cheater = start_node_with(dir, &url, "cheater", &["--cheat"]);
-    // 15 executions of 8 tasks, all on the cheater at first: the chance that
-    // none of its ~120 results is drawn for a challenge is 0.92^120 ≈ 5e-5.
+    let _honest = start_honest(dir, &url, 3);
+    let cheater = pubkey(dir, "cheater");
+    let staked = get(&url, &format!("/v1/accounts/{cheater}"))["node"]["stake"]
+        .as_u64()
+        .unwrap();
+    // 15 executions of 8 tasks: ~10 challenges, each of which catches the
+    // cheater when it asserted the result or was drawn to validate it.
     for i in 1..=15 {
         assert_eq!(submit(dir, &url), i);
     }
-    let cheater = pubkey(dir, "cheater");
-    wait_for(120, "the cheater to be caught", || slashed_total(&url, &cheater) > 0);
-    let _honest = start_node(dir, &url, "honest");
+    wait_for(180, "the cheater to be caught", || slashed_total(&url, &cheater) > 0);
     let t = std::time::Instant::now();
     loop {
         let unfinished: Vec<serde_json::Value> = (1..=15)
             .map(|i| get(&url, &format!("/v1/executions/{i}")))
-            .filter(|e| e["status"] != "Completed")
+            .filter(|e| e["status"] == "InProgress")
             .collect();
         if unfinished.is_empty() {
             break;
@@ -426,12 +609,14 @@ fn at_the_default_p_a_cheater_is_eventually_caught_and_only_it_loses_stake() {
         assert!(t.elapsed().as_secs() < 240, "executions not finished: {unfinished:#?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let h = pubkey(dir, "honest");
-    assert_eq!(slashed_total(&url, &h), 0, "the honest node lost stake");
+    for i in 0..3 {
+        let h = pubkey(dir, &format!("honest{i}"));
+        assert_eq!(slashed_total(&url, &h), 0, "honest{i} lost stake");
+    }
     let node = get(&url, &format!("/v1/accounts/{cheater}"))["node"].clone();
     assert!(
-        node["stake"].as_u64().unwrap() < 1_900_000_000,
-        "the cheater ends below its stake: {node}"
+        node["stake"].as_u64().unwrap() < staked,
+        "the cheater ends below the {staked} it staked: {node}"
     );
 }
 
@@ -534,7 +719,8 @@ fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest
             .len()
             == 3
     });
-    let _fast = start_node(dir, &url, "fast");
+    // Three more: a challenged result needs a validator and two judges.
+    let _fast = start_honest(dir, &url, 3);
     let st = Command::new("kill")
         .args(["-TERM", &slow.0.id().to_string()])
         .status()
@@ -560,7 +746,7 @@ fn a_node_stopped_with_sigterm_finishes_the_task_in_hand_and_hands_back_the_rest
             assert_eq!(t["timeouts"], 0, "a task waited for its timeout: {t}");
         }
     }
-    // The one task it had started it finished; the others went to the fast node.
+    // The one task it had started it finished; the others went to the fast nodes.
     let by_slow = (1..=3)
         .filter(|id| get(&url, &format!("/v1/executions/{id}"))["tasks"][0]["node"] == slow_key.as_str())
         .count();

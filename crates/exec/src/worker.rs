@@ -147,6 +147,12 @@ impl Worker {
             .arg(ceiling.to_string())
             .arg("--threads")
             .arg(threads.to_string())
+            // glibc gives each thread that contends for malloc an arena of
+            // its own, reserving and committing memory that counts against
+            // RLIMIT_DATA: how many depends on thread timing, so a loaded
+            // machine could push a task over its ceiling. Two arenas keep
+            // the worker's footprint a function of the task alone.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

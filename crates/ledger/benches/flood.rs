@@ -37,6 +37,7 @@ const CHILD_ENV: &str = "SPLITUP_FLOOD_BENCH_SERVER";
 
 fn config(data: &Path) -> Config {
     Config {
+        keys: data.with_extension("operator-keys"),
         data: data.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         challenge_ppm: 80_000,

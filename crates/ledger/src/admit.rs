@@ -179,3 +179,49 @@ pub fn check_task(task: usize, t: &TaskDef, graph: &[u8], weights: &[u8]) -> Res
     }
     Ok(joined)
 }
+
+/// A result is recorded only once its outputs are in the ledger's store: a
+/// commitment nobody can read (withheld, or never uploaded) is refused, so
+/// it is never paid and downstream nodes never wait on it.
+pub async fn check_result(commitment: &[u8; 32], store: &Store) -> Result<(), String> {
+    let hash = splitup_protocol::crypto::to_hex(commitment);
+    match store.modified(&hash).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the committed outputs {hash} are not in the ledger's store: upload them before submitting (a result nobody can read is never accepted)"
+        )),
+        Err(e) => Err(format!("the store cannot confirm the outputs {hash}: {e}")),
+    }
+}
+
+/// A validator's reveal is admitted only if the revealed bytes produce the
+/// seal it committed before it could see the result it checks
+/// ([`splitup_protocol::crypto::validation_seal`]): a validator that sealed
+/// anything else cannot reveal the asserter's outputs afterwards.
+pub async fn check_reveal(
+    validator: &splitup_protocol::Pubkey,
+    execution: u64,
+    task: u32,
+    commitment: &[u8; 32],
+    seal: &[u8; 32],
+    store: &Store,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let hash = splitup_protocol::crypto::to_hex(commitment);
+    let (_, mut chunks) = store.get_stream(&hash).await.map_err(|e| match e {
+        splitup_store::StoreError::Missing(_) => {
+            format!("the revealed outputs {hash} are not in the ledger's store: upload them before revealing")
+        }
+        e => format!("the revealed outputs {hash} cannot be read: {e}"),
+    })?;
+    let mut h = splitup_protocol::crypto::validation_sealer(validator, execution, task);
+    while let Some(c) = chunks.next().await {
+        h.update(&c.map_err(|e| format!("the revealed outputs {hash} cannot be read: {e}"))?);
+    }
+    if h.finalize().as_bytes() != seal {
+        return Err(format!(
+            "the revealed outputs {hash} do not produce the seal this validator committed: a seal must be of the validator's own outputs, sealed before it could see the result it checks"
+        ));
+    }
+    Ok(())
+}

@@ -8,20 +8,20 @@
 //! over [`blob_request_message`]`(method, hash, expires)`); a request without
 //! them, expired, or whose signature does not verify is refused with 401.
 //!
-//! - **Upload** (`PUT`): a registered node, a committee member (its
-//!   re-execution of a disputed task stores the outputs), or an account
-//!   holding at least `params.account_min`. Each key may upload so many bytes
-//!   per rolling 24 h (a node with stake or the committee:
+//! - **Upload** (`PUT`): a registered node or an account holding at least
+//!   `params.account_min`. Each key may upload so many bytes per rolling
+//!   24 h (a node with stake:
 //!   [`UPLOAD_QUOTA_NODE`], any other account:
 //!   [`UPLOAD_QUOTA_ACCOUNT`], by default; every upload counts as at least
 //!   [`UPLOAD_CHARGE_MIN`]); beyond it, 429. The body is streamed into the
 //!   store ([`splitup_store::Store::put_stream`]): memory stays bounded whatever its size.
 //! - **Read** (`GET`): an execution's tensors (its input and every task
-//!   output) by its parties: the user, every node holding one of its tasks
-//!   or validating one, and the committee; a model's graph and weights by its
-//!   owner, any registered node, any account that could register one (its
-//!   balance covers `params.stake_base`: a node loads its tasks before it
-//!   registers) and the committee. Executions the collector has finished
+//!   output) by its parties: the user, every node holding one of its tasks,
+//!   validating one or sitting on one's dispute committee, except that a
+//!   validator never reads the result it checks before it has sealed its own
+//!   recomputation; a model's graph and weights by its owner, any registered
+//!   node, and any account that could register one (its balance covers
+//!   `params.stake_base`: a node loads its tasks before it registers). Executions the collector has finished
 //!   with no longer count. A blob nothing readable refers to: only its
 //!   uploader, for the orphan TTL after the upload. Otherwise 403.
 //!
@@ -176,12 +176,13 @@ pub(crate) struct Index {
     active: Vec<u64>,
 }
 
+/// The blobs an execution refers to: its input, each task's committed
+/// outputs and each validator's revealed outputs (what its judges read).
 fn execution_blobs(e: &Execution) -> impl Iterator<Item = [u8; 32]> + '_ {
     std::iter::once(e.input_commitment).chain(
         e.tasks
             .iter()
-            .flat_map(|r| r.output_uris.iter())
-            .filter_map(|u| from_hex32(splitup_store::hash_of_uri(u))),
+            .flat_map(|r| r.commitment.into_iter().chain(r.validator_commitment)),
     )
 }
 
@@ -228,7 +229,6 @@ fn may_read(s: &Shared, key: &Pubkey, hash: &[u8; 32], now: Millis) -> bool {
     let collected = s.collected.lock();
     let ix = s.access.index.lock();
     let l = &core.ledger;
-    let committee = l.committee.contains(key);
     // Executions: indexed, in progress (then or now), or newer than the index.
     let mut seen = HashSet::new();
     let candidates = ix
@@ -248,11 +248,18 @@ fn may_read(s: &Shared, key: &Pubkey, hash: &[u8; 32], now: Millis) -> bool {
         if !execution_blobs(e).any(|h| h == *hash) {
             continue;
         }
-        let party = committee
-            || e.user == *key
+        // A validator never reads the result it checks before it has sealed
+        // its own recomputation (whatever other role it has).
+        if e.tasks
+            .iter()
+            .any(|r| r.validator == Some(*key) && r.validator_seal.is_none() && r.commitment == Some(*hash))
+        {
+            return false;
+        }
+        let party = e.user == *key
             || e.tasks
                 .iter()
-                .any(|r| r.node == Some(*key) || r.validator == Some(*key));
+                .any(|r| r.node == Some(*key) || r.validator == Some(*key) || r.committee.contains(key));
         if party {
             return true;
         }
@@ -269,7 +276,7 @@ fn may_read(s: &Shared, key: &Pubkey, hash: &[u8; 32], now: Millis) -> bool {
         .chain(l.models.range(ix.next_model..).map(|(id, _)| *id));
     for id in models {
         let Some(m) = l.models.get(&id) else { continue };
-        if model_blobs(m).any(|h| h == *hash) && (committee || node_or_could_be || m.owner == *key) {
+        if model_blobs(m).any(|h| h == *hash) && (node_or_could_be || m.owner == *key) {
             return true;
         }
     }
@@ -345,9 +352,7 @@ pub(crate) async fn put_blob(
         let l = &core.ledger;
         let node = l.nodes.get(&key);
         let balance = l.accounts.get(&key).map_or(0, |a| a.balance);
-        // The committee re-executes disputed tasks, which stores its recomputation.
-        let committee = l.committee.contains(&key);
-        if node.is_none() && !committee && balance < l.params.account_min {
+        if node.is_none() && balance < l.params.account_min {
             return error(
                 StatusCode::FORBIDDEN,
                 3,
@@ -357,7 +362,7 @@ pub(crate) async fn put_blob(
                 ),
             );
         }
-        if committee || node.is_some_and(|n| n.stake > 0) {
+        if node.is_some_and(|n| n.stake > 0) {
             s.access.quota_node
         } else {
             s.access.quota_account

@@ -1,8 +1,11 @@
 //! The ledger server: `Core` (state machine + log + keys) and its HTTP API.
 //!
 //! Every state change arrives as a signed instruction on `POST /v1/tx` (the
-//! faucet and the committee sign theirs with keys held in the data
-//! directory). An instruction is applied, then appended to the log and
+//! development faucet signs its mints with the operator's mint key). The
+//! operator's keys (the VRF beacon's, and on development networks the
+//! mint's) live in a directory of their own, never in the data directory:
+//! disputes are judged by committees of staked nodes, not by keys the
+//! operator holds. An instruction is applied, then appended to the log and
 //! committed, and only then acknowledged. If the commit fails the process
 //! aborts: the state in memory is ahead of the log, and a restart rebuilds it
 //! from the log, which holds exactly what was acknowledged.
@@ -32,6 +35,9 @@ pub const FAUCET_USDC_MAX: u64 = 100_000;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub data: PathBuf,
+    /// The operator's key directory (`beacon.json`, and `mint-authority.json`
+    /// on development networks). Must not be inside `data`.
+    pub keys: PathBuf,
     pub listen: SocketAddr,
     /// Challenge probability at genesis (ignored when the data directory exists).
     pub challenge_ppm: u64,
@@ -39,9 +45,9 @@ pub struct Config {
     /// the faucet mints on request. Loopback addresses only.
     pub dev: bool,
     /// A public network's mint authority (its key is kept elsewhere); `None`
-    /// with `dev` false is refused.
+    /// with `dev` false: nobody can mint (USDC only arrives by transfer).
     pub mint_authority: Option<Pubkey>,
-    /// Tests only: 2 s heartbeats and 10 s minimum task timeouts (ignored when the genesis exists).
+    /// Tests only: 2 s heartbeats, 10 s minimum task timeouts and 20 s disputes (ignored when the genesis exists).
     pub test_timeouts: bool,
     /// Tensors (inputs and task outputs) of finished executions are deleted
     /// this long after they finish, or as soon as their user has fetched them.
@@ -90,7 +96,6 @@ pub struct Core {
     beacon: VrfBeacon,
     /// The mint key: development networks only.
     authority: Option<Keypair>,
-    committee: Vec<Keypair>,
     log: Log,
     pub(crate) last_now: Millis,
     dev: bool,
@@ -160,7 +165,27 @@ impl Core {
     pub fn open(cfg: &Config) -> Result<Core, ServerError> {
         std::fs::create_dir_all(&cfg.data)
             .map_err(|e| ServerError::Other(format!("cannot create {}: {e}", cfg.data.display())))?;
-        let kd = cfg.data.join("keys");
+        let kd = cfg.keys.clone();
+        let inside = |dir: &std::path::Path| {
+            let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            abs(dir).starts_with(abs(&cfg.data))
+        };
+        if inside(&kd) {
+            return Err(ServerError::Other(format!(
+                "the operator's keys ({}) must live outside the data directory ({})",
+                kd.display(),
+                cfg.data.display()
+            )));
+        }
+        if cfg.data.join("keys").join("beacon.json").exists() {
+            return Err(ServerError::Other(format!(
+                "{} holds operator keys from an older version: move {}/keys/beacon.json (and mint-authority.json) to {} and delete {}/keys (committee keys are no longer used)",
+                cfg.data.display(),
+                cfg.data.display(),
+                kd.display(),
+                cfg.data.display()
+            )));
+        }
         let mint_key = kd.join("mint-authority.json");
         if cfg.dev && !cfg.listen.ip().is_loopback() {
             return Err(ServerError::Other(format!(
@@ -188,15 +213,9 @@ impl Core {
                     "--mint-authority is for public networks; --dev makes its own mint key".into(),
                 ))
             }
-            (None, None) => {
-                return Err(ServerError::Other(
-                    "a public ledger needs --mint-authority PUBKEY (the key allowed to mint USDC, kept off this machine); for a development network on this machine use --dev".into(),
-                ))
-            }
+            // Nobody holds the zero key's secret: minting is off.
+            (None, None) => Pubkey([0; 32]),
         };
-        let committee: Vec<Keypair> = (0..3)
-            .map(|i| keys::read_or_create(&kd.join(format!("committee-{i}.json"))))
-            .collect::<Result<_, _>>()?;
         let beacon_seed = keys::read_or_create(&kd.join("beacon.json"))?.seed();
         let beacon = VrfBeacon::from_seed(beacon_seed);
         let log = Log::open(&cfg.data.join("ledger.sqlite"))?;
@@ -212,6 +231,7 @@ impl Core {
                             task_timeout_min_ms: 10_000,
                             task_timeout_per_100cu_ms: 100,
                             unstake_lockup_ms: 10_000,
+                            dispute_ms: 20_000,
                             ..Params::default()
                         }
                     } else {
@@ -221,7 +241,6 @@ impl Core {
                         }
                     },
                     mint_authority,
-                    committee: [committee[0].pubkey(), committee[1].pubkey(), committee[2].pubkey()],
                     beacon: beacon.public_key(),
                 };
                 Ledger::genesis(g.clone()).map_err(ServerError::Genesis)?;
@@ -230,9 +249,10 @@ impl Core {
             }
         };
         if genesis.beacon != beacon.public_key() {
-            return Err(ServerError::Other(
-                "the keys in the data directory do not match its genesis".into(),
-            ));
+            return Err(ServerError::Other(format!(
+                "the beacon key in {} does not match this ledger's genesis",
+                kd.display()
+            )));
         }
         if genesis.mint_authority != mint_authority {
             return Err(ServerError::Other(format!(
@@ -253,7 +273,6 @@ impl Core {
             ledger,
             beacon,
             authority,
-            committee,
             log,
             last_now,
             dev: cfg.dev,
@@ -328,7 +347,6 @@ impl Core {
         let seq = self.durable(&Entry::Tx { now, tx: Box::new(tx) });
         self.changes.send_modify(|v| *v += 1);
         let events = self.ledger.poll_events();
-        self.react(&events);
         Ok((seq, events))
     }
 
@@ -349,32 +367,12 @@ impl Core {
         self.ledger.tick(now, &self.beacon);
         self.durable(&Entry::Tick { now });
         self.changes.send_modify(|v| *v += 1);
-        let events = self.ledger.poll_events();
-        self.react(&events);
+        self.ledger.poll_events();
     }
 
     fn sign(&self, key: &Keypair, ix: Instruction) -> SignedTx {
         let nonce = self.ledger.accounts.get(&key.pubkey()).map(|a| a.nonce).unwrap_or(0);
         SignedTx::sign(key, nonce, ix)
-    }
-
-    /// The in-process oracle committee: two members confirm a node the
-    /// ledger saw miss its heartbeats.
-    fn react(&mut self, events: &[Event]) {
-        for ev in events {
-            if let Event::Suspect { node } = ev {
-                for m in 0..2 {
-                    let tx = self.sign(
-                        &self.committee[m].clone(),
-                        Instruction::LivenessVote {
-                            node: *node,
-                            unresponsive: true,
-                        },
-                    );
-                    let _ = self.submit(tx);
-                }
-            }
-        }
     }
 
     pub fn faucet(&mut self, to: Pubkey, amount: Micro) -> Result<(i64, Vec<Event>), ProtocolError> {
@@ -521,6 +519,55 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
             }
         }
     }
+    // Outputs are admitted only when they are in the store, and a reveal
+    // only when its bytes produce the validator's seal. Both read the store,
+    // so only after the signature verifies.
+    let reveal_seal = match &tx.ix {
+        Instruction::SubmitResult { .. } | Instruction::RevealValidation { .. } => {
+            if !splitup_protocol::crypto::verify_signature(
+                &tx.signer,
+                &SignedTx::message(&tx.signer, tx.nonce, &tx.ix),
+                &tx.signature,
+            ) {
+                return protocol_error(ProtocolError::BadSignature);
+            }
+            match &tx.ix {
+                Instruction::RevealValidation { execution, task, .. } => {
+                    let core = s.core.lock();
+                    core.ledger
+                        .executions
+                        .get(execution)
+                        .and_then(|e| e.tasks.get((*task as usize).wrapping_sub(1)))
+                        .and_then(|r| r.validator_seal)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match &tx.ix {
+        Instruction::SubmitResult { commitment, .. } => {
+            if let Err(why) = crate::admit::check_result(commitment, &s.blobs).await {
+                return protocol_error(ProtocolError::Invalid(why));
+            }
+        }
+        Instruction::RevealValidation {
+            execution,
+            task,
+            commitment,
+            ..
+        } => {
+            // Without a seal on record the rules refuse the reveal themselves.
+            if let Some(seal) = reveal_seal {
+                if let Err(why) =
+                    crate::admit::check_reveal(&tx.signer, *execution, *task, commitment, &seal, &s.blobs).await
+                {
+                    return protocol_error(ProtocolError::Invalid(why));
+                }
+            }
+        }
+        _ => {}
+    }
     applied(with_core(&s, move |core| core.submit(tx)).await)
 }
 
@@ -590,7 +637,6 @@ async fn get_genesis(State(s): State<Shared>) -> Response {
     Json(GenesisView {
         params: l.params.clone(),
         mint_authority: l.mint_authority,
-        committee: l.committee.to_vec(),
         beacon: l.beacon,
         dev: core.dev,
     })
@@ -626,8 +672,8 @@ fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> NodeView {
         vram: n.vram,
         stake: n.stake,
         status: format!("{:?}", n.status),
-        suspect: n.suspect,
         load: n.load,
+        disputes: n.disputes,
         last_heartbeat_ms: n.last_heartbeat,
         supports: n.supports.iter().copied().collect(),
         slashed_total: n.slashed_total,
@@ -702,6 +748,12 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
             outcome: r.outcome.clone(),
             commitment: r.commitment,
             output_uris: r.output_uris.clone(),
+            validator_sealed: r.validator_seal.is_some(),
+            validator_commitment: r.validator_commitment,
+            validator_uris: r.validator_uris.clone(),
+            committee: r.committee.clone(),
+            voted: r.votes.keys().copied().collect(),
+            deadline_ms: r.deadline,
         })
         .collect();
     let view = ExecutionView {
@@ -800,8 +852,12 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
                 TaskStatus::Challenged if r.validator == Some(k) && r.validator_commitment.is_none() => {
                     WorkKind::Validate
                 }
+                TaskStatus::Disputed if r.committee.contains(&k) && !r.votes.contains_key(&k) => WorkKind::Judge,
                 _ => continue,
             };
+            // A validator is never told the result it checks: it seals its
+            // own first. A judge is told both sides.
+            let judge = kind == WorkKind::Judge;
             work.push(WorkItem {
                 execution: *id,
                 model: e.model,
@@ -809,15 +865,15 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
                 kind,
                 attempt: r.attempts,
                 deadline_ms: r.deadline,
-                // A validator is told which committed result it checks.
-                commitment: if kind == WorkKind::Validate { r.commitment } else { None },
+                commitment: r.commitment.filter(|_| judge),
+                validator_commitment: r.validator_commitment.filter(|_| judge),
             });
         }
     }
     versioned(&core, Json(work).into_response())
 }
 
-/// Tasks in dispute, for the committee to re-execute and vote on.
+/// Tasks in dispute: their committees, votes so far and deadlines.
 async fn get_disputes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
@@ -832,7 +888,11 @@ async fn get_disputes(State(s): State<Shared>) -> Response {
                     task,
                     asserter: r.node,
                     commitment: r.commitment,
+                    validator: r.validator,
+                    validator_commitment: r.validator_commitment,
+                    committee: r.committee.clone(),
                     voters: r.votes.keys().copied().collect(),
+                    deadline_ms: r.deadline,
                 });
             }
         }

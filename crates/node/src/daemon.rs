@@ -727,43 +727,43 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
         }
     };
     std::thread::sleep(node.cfg.delay);
+    if kind == WorkKind::Judge {
+        return judge(node, w);
+    }
+    if kind == WorkKind::Validate && node.cfg.fault == Fault::LazyValidator {
+        return lazy_validate(node, w);
+    }
     match compute(node, w, def, td) {
-        Ok((outputs, commitment, blob)) => {
+        Ok((_, commitment, blob, seal)) => {
             if lock(&node.fatal).is_some() {
                 return false;
             }
-            let ix = match kind {
-                WorkKind::Validate => {
-                    // Agree with the checked result when it is within the
-                    // cross-GPU tolerance of ours; otherwise assert ours.
-                    let commitment = match agrees(&node.c, w.commitment, &outputs) {
-                        Ok(claimed) => {
-                            if claimed != commitment {
-                                log(format!(
-                                    "validate execution {e} task {t}: bytes differ, numbers agree within tolerance"
-                                ));
-                            }
-                            claimed
-                        }
-                        Err(why) => {
-                            log(format!("validate execution {e} task {t}: disagree: {why:#}"));
-                            commitment
-                        }
-                    };
-                    Instruction::SubmitValidation {
+            let uri = node.c.blob_uri(&blob);
+            let sent = match kind {
+                // Commit, then reveal: the seal binds this validator to its
+                // own bytes before it may read the result it checks.
+                WorkKind::Validate => node
+                    .send(Instruction::SubmitValidation {
                         execution: e,
                         task: t,
-                        commitment,
-                    }
-                }
-                WorkKind::Compute => Instruction::SubmitResult {
+                        seal,
+                    })
+                    .and_then(|_| {
+                        node.send(Instruction::RevealValidation {
+                            execution: e,
+                            task: t,
+                            commitment,
+                            output_uris: vec![uri],
+                        })
+                    }),
+                _ => node.send(Instruction::SubmitResult {
                     execution: e,
                     task: t,
                     commitment,
-                    output_uris: vec![node.c.blob_uri(&blob)],
-                },
+                    output_uris: vec![uri],
+                }),
             };
-            match node.send(ix) {
+            match sent {
                 Ok(_) => log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16])),
                 Err(err) => log(format!(
                     "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
@@ -795,7 +795,7 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
             }
             // A validator cannot hand a challenge back: the ledger's
             // validator timeout gives it to another, or to the committee.
-            WorkKind::Validate => {
+            WorkKind::Validate | WorkKind::Judge => {
                 log(format!(
                     "validate execution {e} task {t}: cannot run here: {why}; leaving it to another validator"
                 ));
@@ -811,8 +811,9 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
     }
 }
 
-/// Outputs, their commitment and the uploaded blob's name.
-type Computed = (BTreeMap<String, Tensor>, [u8; 32], String);
+/// Outputs, their commitment, the uploaded blob's name, and this node's
+/// validation seal of the bytes.
+type Computed = (BTreeMap<String, Tensor>, [u8; 32], String, [u8; 32]);
 
 /// Runs one task of one execution in its worker; returns the outputs, the
 /// commitment (BLAKE3 of the outputs' safetensors bytes) and the uploaded
@@ -875,15 +876,28 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
             .ok_or_else(|| Failure::Task(format!("task {t}: no output {:?}", spec.name)))?;
         check_spec(o, spec).map_err(|e| Failure::Task(format!("task {t}: output {e}")))?;
     }
+    let fault = node.cfg.fault.on(w.kind);
     for (name, o) in outputs {
-        map.insert(name, perturb(o, node.cfg.fault));
+        map.insert(name, perturb(o, fault));
     }
     let bytes = splitup_tensor::st::encode(&map).map_err(transient)?;
-    let blob = node.c.put_blob(bytes).map_err(transient)?;
-    let commitment = unhex32(&blob)
+    let honest = splitup_store::hash_of(&bytes);
+    let seal = splitup_protocol::crypto::validation_seal(&node.cfg.key.pubkey(), w.execution, w.task, &bytes);
+    let blob = match fault {
+        // Commits outputs it never uploads.
+        Fault::Withhold => honest.clone(),
+        // Commits the honest outputs, uploads other bytes and points at them.
+        Fault::UriSwap => {
+            let mut other = bytes;
+            other.push(0);
+            node.c.put_blob(other).map_err(transient)?
+        }
+        _ => node.c.put_blob(bytes).map_err(transient)?,
+    };
+    let commitment = unhex32(&honest)
         .context("the store named the blob oddly")
         .map_err(transient)?;
-    Ok((map, commitment, blob))
+    Ok((map, commitment, blob, seal))
 }
 
 /// The inputs of task `task` in this execution, each checked against the
@@ -904,20 +918,26 @@ fn gather_inputs(c: &Client, ex: &ExecutionView, def: &ModelDef, task: u32) -> R
     Ok(inputs)
 }
 
-/// The committee's check of a disputed task: re-executes it in a worker
-/// (started with `worker`, under the same memory ceiling and wall-clock
-/// limit as a node's) and says whether the asserter's committed outputs
-/// (`claimed`, hex) agree with the recomputation within the cross-GPU
-/// tolerance (`Ok(())`), or why not. `Err`: it could not re-execute (the
-/// task cannot run, or a blob or the ledger could not be read).
+/// A committee member's verdicts on a disputed task: is the asserter's
+/// result honest, and the validator's (when it revealed one)? `None`: this
+/// member could not judge that side (its bytes could not be read).
+pub type Verdicts = (Option<bool>, Option<bool>);
+
+/// A committee member's check of a disputed task: re-executes it in a
+/// worker (started with `worker`, under the same memory ceiling and
+/// wall-clock limit as a node's) and judges each side's committed outputs
+/// against the recomputation within the cross-hardware tolerance. `Err`: it
+/// could not re-execute (the task cannot run here, or a blob or the ledger
+/// could not be read): it cannot judge either side.
 pub fn recompute(
     c: &Client,
     worker: &WorkerCommand,
     model: u64,
     execution: u64,
     task: u32,
-    claimed: &str,
-) -> Result<Result<()>> {
+    asserter: Option<[u8; 32]>,
+    validator: Option<[u8; 32]>,
+) -> Result<Verdicts> {
     let def = c.get_as::<ModelView>(&format!("/v1/models/{model}"))?.def;
     let td = task_def(&def, task).map_err(anyhow::Error::msg)?;
     let answer_max = answer_max(td).map_err(anyhow::Error::msg)?;
@@ -927,19 +947,22 @@ pub fn recompute(
     let outputs = w
         .run(&inputs, run_limit(td.compute_units), answer_max.min(w.ceiling()))
         .map_err(|e| classify(e, Duration::MAX, &format!("task {task}")).into_error())?;
-    Ok(agrees(c, unhex32(claimed), &outputs).map(|_| ()))
+    let side = |claimed: Option<[u8; 32]>| claimed.and_then(|h| judge_side(c, &h, &outputs));
+    Ok((side(asserter), side(validator)))
 }
 
-/// Whether the committed result `claimed` agrees with `mine` (the same
-/// tensor names, each within [`splitup_tensor::agree`]); returns that
-/// commitment if so. The committed blob is fetched by its hash, so a result
-/// whose bytes are missing or do not match its commitment disagrees.
-fn agrees(c: &Client, claimed: Option<[u8; 32]>, mine: &BTreeMap<String, Tensor>) -> Result<[u8; 32]> {
-    let commitment = claimed.context("no committed result to check")?;
-    let bytes = c
-        .get_blob(&hex(&commitment))
-        .context("the committed outputs cannot be read")?;
-    let theirs = splitup_tensor::st::decode(&bytes).context("the committed outputs are not safetensors")?;
+/// Whether the committed outputs `claimed` agree with `mine` (the same
+/// tensor names, each within [`splitup_tensor::agree`]): `Some(false)` for
+/// bytes that do not decode or disagree, `None` when they cannot be read.
+/// The blob is fetched by its hash and checked against it, so bytes other
+/// than the committed ones are never judged.
+fn judge_side(c: &Client, claimed: &[u8; 32], mine: &BTreeMap<String, Tensor>) -> Option<bool> {
+    let bytes = c.get_blob(&hex(claimed)).ok()?;
+    Some(agrees(&bytes, mine).is_ok())
+}
+
+fn agrees(bytes: &[u8], mine: &BTreeMap<String, Tensor>) -> Result<()> {
+    let theirs = splitup_tensor::st::decode(bytes).context("the committed outputs are not safetensors")?;
     if theirs.len() != mine.len() {
         bail!("{} outputs committed, {} computed", theirs.len(), mine.len());
     }
@@ -949,22 +972,145 @@ fn agrees(c: &Client, claimed: Option<[u8; 32]>, mine: &BTreeMap<String, Tensor>
             .with_context(|| format!("the committed outputs lack {name:?}"))?;
         splitup_tensor::agree(other, t).with_context(|| format!("output {name:?}"))?;
     }
-    Ok(commitment)
+    Ok(())
 }
 
-/// Test-only misbehaviour of a node.
+/// Work as a drawn committee member: re-execute, judge both sides, vote.
+/// A member that cannot run the task votes that it cannot judge (the
+/// dispute then ends at its deadline if no majority forms).
+fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
+    let (e, t) = (w.execution, w.task);
+    if node.cfg.fault == Fault::Absent {
+        (node.log)(format!("judge execution {e} task {t}: staying away"));
+        return true;
+    }
+    let (asserter_honest, validator_honest) = match recompute(
+        &node.c,
+        &node.cfg.worker,
+        w.model,
+        e,
+        t,
+        w.commitment,
+        w.validator_commitment,
+    ) {
+        Ok(v) => v,
+        Err(err) => {
+            (node.log)(format!("judge execution {e} task {t}: cannot re-execute: {err:#}"));
+            (None, None)
+        }
+    };
+    match node.send(Instruction::DisputeVote {
+        execution: e,
+        task: t,
+        asserter_honest,
+        validator_honest,
+    }) {
+        Ok(_) => (node.log)(format!(
+            "judge execution {e} task {t}: voted asserter {}, validator {}",
+            verdict_word(asserter_honest),
+            verdict_word(validator_honest)
+        )),
+        Err(err) => (node.log)(format!("judge execution {e} task {t}: the vote was refused: {err:#}")),
+    }
+    true
+}
+
+fn verdict_word(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "honest",
+        Some(false) => "dishonest",
+        None => "not judged",
+    }
+}
+
+/// The lazy validator's attack (test only): seal without computing, then
+/// try to read the checked result and reveal it as its own. The store
+/// refuses the read before the seal, and the ledger refuses the reveal
+/// (the bytes do not produce the seal); the validator is replaced unpaid.
+fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
+    let (e, t) = (w.execution, w.task);
+    let log = node.log;
+    let claimed = node
+        .c
+        .get_as::<ExecutionView>(&format!("/v1/executions/{e}"))
+        .ok()
+        .and_then(|ex| ex.task(t).ok().and_then(|r| r.commitment));
+    let Some(claimed) = claimed else {
+        return false;
+    };
+    match node.c.get_blob(&hex(&claimed)) {
+        Ok(_) => log(format!(
+            "lazy validate execution {e} task {t}: read the checked result before sealing"
+        )),
+        Err(err) => log(format!(
+            "lazy validate execution {e} task {t}: cannot read the result before sealing: {err:#}"
+        )),
+    }
+    let seal = splitup_protocol::crypto::validation_seal(&node.cfg.key.pubkey(), e, t, b"not computed");
+    if let Err(err) = node.send(Instruction::SubmitValidation {
+        execution: e,
+        task: t,
+        seal,
+    }) {
+        log(format!("lazy validate execution {e} task {t}: seal refused: {err:#}"));
+        return true;
+    }
+    let uri = node.c.blob_uri(&hex(&claimed));
+    match node.send(Instruction::RevealValidation {
+        execution: e,
+        task: t,
+        commitment: claimed,
+        output_uris: vec![uri],
+    }) {
+        Ok(_) => log(format!(
+            "lazy validate execution {e} task {t}: the copied reveal was accepted"
+        )),
+        Err(err) => log(format!(
+            "lazy validate execution {e} task {t}: the copied reveal was refused: {err:#}"
+        )),
+    }
+    true
+}
+
+/// Test-only misbehaviour of a node: the attacks the ledger must defeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     None,
-    /// Adds 1 to every float output: a cheat.
+    /// Adds 1 to every float output it computes or validates: a cheat.
     Cheat,
     /// Scales float outputs by 1 ± 1e-6: an honest node on different
     /// hardware, whose bytes differ but whose numbers agree.
     Jitter,
+    /// As asserter: commits the honest outputs' hash but uploads other
+    /// bytes and points its URI at them.
+    UriSwap,
+    /// As asserter: commits its outputs without ever uploading them.
+    Withhold,
+    /// As validator: never computes; seals anything, then tries to read the
+    /// asserter's outputs and reveal them as its own.
+    LazyValidator,
+    /// As validator: reveals outputs of its own making (+1 everywhere) to
+    /// force a dispute over an honest result.
+    Grief,
+    /// As a committee member: never votes.
+    Absent,
+}
+
+impl Fault {
+    /// The misbehaviour that applies to work of `kind` (a judge is honest).
+    fn on(self, kind: WorkKind) -> Fault {
+        match (self, kind) {
+            (_, WorkKind::Judge) => Fault::None,
+            (Fault::Grief, WorkKind::Validate) => Fault::Cheat,
+            (Fault::Grief | Fault::LazyValidator | Fault::Absent, _) => Fault::None,
+            (Fault::UriSwap | Fault::Withhold, WorkKind::Validate) => Fault::None,
+            (f, _) => f,
+        }
+    }
 }
 
 fn perturb(t: Tensor, fault: Fault) -> Tensor {
-    if t.dtype != splitup_tensor::DType::F32 || fault == Fault::None {
+    if t.dtype != splitup_tensor::DType::F32 || !matches!(fault, Fault::Cheat | Fault::Jitter) {
         return t;
     }
     let v: Vec<f32> = t
@@ -973,7 +1119,8 @@ fn perturb(t: Tensor, fault: Fault) -> Tensor {
         .enumerate()
         .map(|(i, x)| match fault {
             Fault::Cheat => x as f32 + 1.0,
-            _ => (x * if i % 2 == 0 { 1.0 + 1e-6 } else { 1.0 - 1e-6 }) as f32,
+            Fault::Jitter => (x * if i % 2 == 0 { 1.0 + 1e-6 } else { 1.0 - 1e-6 }) as f32,
+            _ => x as f32,
         })
         .collect();
     Tensor::from_f32(t.shape.clone(), &v).unwrap_or(t)

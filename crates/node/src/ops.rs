@@ -151,16 +151,15 @@ pub fn task_output(c: &Client, execution: &ExecutionView, def: &ModelDef, task: 
         (crate::hex(&execution.input), spec.name.clone())
     } else {
         let r = execution.task(task).map_err(anyhow::Error::msg)?;
-        let uri = r
-            .output_uris
-            .first()
-            .with_context(|| format!("task {task} has no output yet"))?;
+        // Read by the commitment on the ledger, never by a location the
+        // asserter chose: `get_blob` checks the bytes hash to it.
+        let committed = r.commitment.with_context(|| format!("task {task} has no output yet"))?;
         let spec = def
             .tasks
             .get(task as usize - 1)
             .and_then(|t| t.outputs.get(index as usize))
             .with_context(|| format!("task {task} of the model has no output {index}"))?;
-        (splitup_store::hash_of_uri(uri).to_string(), spec.name.clone())
+        (crate::hex(&committed), spec.name.clone())
     };
     let bytes = c.get_blob(&blob)?;
     let mut tensors = splitup_tensor::st::decode(&bytes)?;

@@ -141,8 +141,6 @@ pub struct GenesisView {
     pub params: Params,
     #[serde(with = "hex")]
     pub mint_authority: Pubkey,
-    #[serde(with = "hex_vec")]
-    pub committee: Vec<Pubkey>,
     #[serde(with = "hex")]
     pub beacon: Pubkey,
     /// A development network (faucet on).
@@ -158,8 +156,9 @@ pub struct NodeView {
     pub stake: Micro,
     /// `Active`, `Unresponsive` or `Offline`.
     pub status: String,
-    pub suspect: bool,
     pub load: u32,
+    /// Disputes it is party to (asserter, validator or committee member).
+    pub disputes: u32,
     pub last_heartbeat_ms: Millis,
     pub supports: Vec<(u64, u32)>,
     pub slashed_total: Micro,
@@ -216,6 +215,20 @@ pub struct TaskView {
     #[serde(with = "hex_opt")]
     pub commitment: Option<[u8; 32]>,
     pub output_uris: Vec<String>,
+    /// The validator sealed its recomputation (its bytes are not shown
+    /// until it reveals).
+    pub validator_sealed: bool,
+    /// The validator's revealed outputs (after its seal).
+    #[serde(with = "hex_opt")]
+    pub validator_commitment: Option<[u8; 32]>,
+    pub validator_uris: Vec<String>,
+    /// A dispute's committee, and the members who voted.
+    #[serde(with = "hex_vec")]
+    pub committee: Vec<Pubkey>,
+    #[serde(with = "hex_vec")]
+    pub voted: Vec<Pubkey>,
+    /// The current deadline (result, validation, or dispute), ledger ms.
+    pub deadline_ms: Millis,
 }
 
 /// `GET /v1/executions/{id}`.
@@ -264,8 +277,12 @@ pub struct ExecutionSummary {
 pub enum WorkKind {
     /// Execute the task (the node is its assigned asserter).
     Compute,
-    /// Re-execute it to check the committed result named by `commitment`.
+    /// Re-execute it, seal the outputs, then reveal them. The item never
+    /// carries the result being checked.
     Validate,
+    /// As a drawn committee member: re-execute it and judge the asserter's
+    /// result (`commitment`) and the validator's (`validator_commitment`).
+    Judge,
 }
 
 impl std::fmt::Display for WorkKind {
@@ -273,6 +290,7 @@ impl std::fmt::Display for WorkKind {
         f.write_str(match self {
             WorkKind::Compute => "compute",
             WorkKind::Validate => "validate",
+            WorkKind::Judge => "judge",
         })
     }
 }
@@ -287,12 +305,15 @@ pub struct WorkItem {
     pub kind: WorkKind,
     pub attempt: u32,
     pub deadline_ms: Millis,
-    /// For `validate`: the committed result to check.
+    /// For `judge`: the asserter's committed result (never sent to a validator).
     #[serde(with = "hex_opt")]
     pub commitment: Option<[u8; 32]>,
+    /// For `judge`: the validator's revealed result, if it revealed one.
+    #[serde(default, with = "hex_opt")]
+    pub validator_commitment: Option<[u8; 32]>,
 }
 
-/// `GET /v1/disputes`: a task the committee must decide.
+/// `GET /v1/disputes`: a task in dispute, its committee and its deadline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DisputeView {
     pub execution: u64,
@@ -302,8 +323,15 @@ pub struct DisputeView {
     pub asserter: Option<Pubkey>,
     #[serde(with = "hex_opt")]
     pub commitment: Option<[u8; 32]>,
+    #[serde(with = "hex_opt")]
+    pub validator: Option<Pubkey>,
+    #[serde(with = "hex_opt")]
+    pub validator_commitment: Option<[u8; 32]>,
+    #[serde(with = "hex_vec")]
+    pub committee: Vec<Pubkey>,
     #[serde(with = "hex_vec")]
     pub voters: Vec<Pubkey>,
+    pub deadline_ms: Millis,
 }
 
 #[cfg(test)]
@@ -320,6 +348,7 @@ mod tests {
             attempt: 0,
             deadline_ms: 9,
             commitment: Some([0xab; 32]),
+            validator_commitment: None,
         };
         let j = serde_json::to_value(&w).unwrap();
         assert_eq!(j["commitment"], "ab".repeat(32));

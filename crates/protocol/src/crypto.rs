@@ -101,6 +101,13 @@ pub fn blob_request_message(method: &str, hash: &str, expires_ms: u64) -> Vec<u8
 /// public once the asserter commits), and it differs per validator, so a
 /// seal can be neither copied from the asserter nor from another validator.
 pub fn validation_seal(validator: &Pubkey, execution: u64, task: u32, output_bytes: &[u8]) -> [u8; 32] {
+    let mut h = validation_sealer(validator, execution, task);
+    h.update(output_bytes);
+    *h.finalize().as_bytes()
+}
+
+/// [`validation_seal`] as a hasher, to seal bytes that arrive in pieces.
+pub fn validation_sealer(validator: &Pubkey, execution: u64, task: u32) -> blake3::Hasher {
     let key = blake3::hash(
         &[
             &b"splitup-validation-seal-v1"[..],
@@ -110,7 +117,7 @@ pub fn validation_seal(validator: &Pubkey, execution: u64, task: u32, output_byt
         ]
         .concat(),
     );
-    *blake3::keyed_hash(key.as_bytes(), output_bytes).as_bytes()
+    blake3::Hasher::new_keyed(key.as_bytes())
 }
 
 /// Whether every URI names the blob `commitment` (its last path segment is

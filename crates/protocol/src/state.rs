@@ -92,7 +92,7 @@ pub struct TaskRun {
     /// The committee drawn for a dispute, and each member's (asserter
     /// honest?, validator honest?) vote.
     pub committee: Vec<Pubkey>,
-    pub votes: BTreeMap<Pubkey, (Option<bool>, Option<bool>)>,
+    pub votes: BTreeMap<Pubkey, Vote>,
     /// Nodes that failed or cheated on this task: not assigned it again.
     pub excluded: Vec<Pubkey>,
     /// Already paid from escrow (so an invalidation refunds from the treasury).
@@ -1071,8 +1071,7 @@ impl Ledger {
         }
         if !crate::crypto::uris_name(uris, commitment) {
             return Err(ProtocolError::Invalid(
-                "the output URIs must name the committed blob (their last path segment is the commitment's hex)"
-                    .into(),
+                "the output URIs must name the committed blob (their last path segment is the commitment's hex)".into(),
             ));
         }
         Ok(())
@@ -1126,7 +1125,10 @@ impl Ledger {
             r.votes.clear();
             r.deadline = deadline;
         }
-        for k in std::iter::once(asserter).chain(validator).chain(committee.iter().copied()) {
+        for k in std::iter::once(asserter)
+            .chain(validator)
+            .chain(committee.iter().copied())
+        {
             inc(&mut self.nodes.get_mut(&k).unwrap().disputes);
         }
         self.events.push(Event::Disputed {
@@ -1252,8 +1254,10 @@ impl Ledger {
         r.votes.insert(member, (asserter, validator));
         let (a, v, all) = self.tally(execution, task);
         let validator_on_record = self.executions[&execution].tasks[t].validator_commitment.is_some();
+        // Decided once every member has voted (or at the deadline): a member
+        // who re-executes is never shut out by an early majority.
         match a {
-            Some(a) if v.is_some() || !validator_on_record || all => {
+            Some(a) if all => {
                 self.resolve_dispute(execution, task, a, v.filter(|_| validator_on_record), false);
                 self.progress(execution, now, beacon);
             }
@@ -1275,13 +1279,10 @@ impl Ledger {
     fn tally(&self, execution: u64, task: u32) -> (Option<bool>, Option<bool>, bool) {
         let r = &self.executions[&execution].tasks[task as usize - 1];
         let need = majority(self.params.committee_size).max(majority(r.committee.len() as u32)) as usize;
-        let decided = |pick: fn(&(Option<bool>, Option<bool>)) -> Option<bool>| {
-            for side in [true, false] {
-                if r.votes.values().filter(|x| pick(x) == Some(side)).count() >= need {
-                    return Some(side);
-                }
-            }
-            None
+        let decided = |pick: fn(&Vote) -> Option<bool>| {
+            [true, false]
+                .into_iter()
+                .find(|side| r.votes.values().filter(|x| pick(x) == Some(*side)).count() >= need)
         };
         (decided(|x| x.0), decided(|x| x.1), r.votes.len() >= r.committee.len())
     }
@@ -1355,21 +1356,6 @@ impl Ledger {
         let r = self.executions[&execution].tasks[t].clone();
         let (asserter, v) = (r.node.unwrap(), r.validator);
         self.close_dispute(execution, task, at_deadline);
-        // The committee: the majority is paid, members who voted against it lose stake.
-        for (m, (a, _)) in &r.votes {
-            match a {
-                Some(x) if *x == asserter_honest => {
-                    let pay = (cost.saturating_mul(self.params.committee_reward_pct) / 100).min(self.treasury);
-                    self.treasury -= pay;
-                    credit(&mut self.accounts, &mut self.nodes, *m, pay);
-                }
-                Some(_) => {
-                    let s = self.slash_amount(cost, &self.nodes[m]);
-                    self.penalise(*m, s, execution, task);
-                }
-                None => {}
-            }
-        }
         let verdict;
         if asserter_honest {
             match validator {
@@ -1402,6 +1388,23 @@ impl Ledger {
             r.excluded.push(asserter);
             if let (Some(v), Some(false)) = (v, validator) {
                 r.excluded.push(v);
+            }
+        }
+        // The committee, once the slashes are in the treasury (the majority
+        // is paid from them first): the majority is paid, members who voted
+        // against it lose stake.
+        for (m, (a, _)) in &r.votes {
+            match a {
+                Some(x) if *x == asserter_honest => {
+                    let pay = (cost.saturating_mul(self.params.committee_reward_pct) / 100).min(self.treasury);
+                    self.treasury -= pay;
+                    credit(&mut self.accounts, &mut self.nodes, *m, pay);
+                }
+                Some(_) => {
+                    let s = self.slash_amount(cost, &self.nodes[m]);
+                    self.penalise(*m, s, execution, task);
+                }
+                None => {}
             }
         }
         self.events.push(Event::DisputeEnded {
@@ -1508,10 +1511,15 @@ impl Ledger {
                 let r = &self.executions[&execution].tasks[t];
                 (r.status, r.node, r.paid)
             };
+            // A task waiting for a node (Ready) read the fraudulent output too.
             if k != task
                 && !matches!(
                     status,
-                    TaskStatus::Completed | TaskStatus::Challenged | TaskStatus::Disputed | TaskStatus::Assigned
+                    TaskStatus::Completed
+                        | TaskStatus::Challenged
+                        | TaskStatus::Disputed
+                        | TaskStatus::Assigned
+                        | TaskStatus::Ready
                 )
             {
                 continue;
@@ -1549,6 +1557,11 @@ impl Ledger {
         for id in ids {
             let mut touched = false;
             for t in 0..self.executions[&id].tasks.len() {
+                // Replacing a validator can end the execution (a dispute with
+                // too small a committee): its holds are all released then.
+                if self.executions[&id].status != ExecStatus::InProgress {
+                    break;
+                }
                 let task = t as u32 + 1;
                 let r = &self.executions[&id].tasks[t];
                 if r.status == TaskStatus::Assigned && r.node == Some(node) {
@@ -1567,9 +1580,7 @@ impl Ledger {
                         });
                     }
                     touched = true;
-                } else if r.status == TaskStatus::Challenged
-                    && r.validator == Some(node)
-                    && r.validator_seal.is_none()
+                } else if r.status == TaskStatus::Challenged && r.validator == Some(node) && r.validator_seal.is_none()
                 {
                     if !timed_out {
                         self.events.push(Event::Released {
@@ -1755,7 +1766,15 @@ impl Ledger {
                 }
             }
         }
-        self.draw(execution, task, b"assign", &[], false, beacon)
+        // A validator that has not sealed must not read the result it checks,
+        // which a downstream task would read as input.
+        let avoid: Vec<Pubkey> = e
+            .tasks
+            .iter()
+            .filter(|r| r.status == TaskStatus::Challenged && r.validator_seal.is_none())
+            .filter_map(|r| r.validator)
+            .collect();
+        self.draw(execution, task, b"assign", &avoid, false, beacon)
     }
 
     /// A validator: a stake-weighted VRF draw among the task's candidates
@@ -1894,9 +1913,12 @@ impl Ledger {
             .filter(|(_, n)| n.status == NodeStatus::Active && now.saturating_sub(n.last_heartbeat) > silence)
             .map(|(k, _)| *k)
             .collect();
+        // All of them first: a task taken from one must not go to another.
+        for node in &silent {
+            self.nodes.get_mut(node).unwrap().status = NodeStatus::Unresponsive;
+            self.events.push(Event::NodeUnresponsive { node: *node });
+        }
         for node in silent {
-            self.nodes.get_mut(&node).unwrap().status = NodeStatus::Unresponsive;
-            self.events.push(Event::NodeUnresponsive { node });
             self.release_node(node, true, now, beacon);
         }
         let ids: Vec<u64> = self.active.iter().copied().collect();
@@ -1970,6 +1992,10 @@ impl Ledger {
         tasks.chain(hb).min()
     }
 }
+
+/// A committee member's vote: (asserter honest?, validator honest?); `None`
+/// where it could not judge.
+pub type Vote = (Option<bool>, Option<bool>);
 
 /// The smallest strict majority of `n` members.
 pub fn majority(n: u32) -> u32 {

@@ -1,7 +1,6 @@
 //! Protocol defects the simulator found (issue 10), each as the smallest
-//! ledger scenario that shows it. They fail against the protocol of
-//! f2dc774, so they are ignored until the protocol is fixed:
-//! `cargo test -p splitup-sim --test protocol_findings -- --ignored`.
+//! ledger scenario that shows it. Both failed against the first version of
+//! the new protocol (f2dc774) and pass since its fixes: regression tests.
 
 use splitup_protocol::*;
 
@@ -154,7 +153,6 @@ fn commit(n: &mut Net, node: usize, task: u32, now: Millis) {
 /// optimistically while challenged), A cannot run it, and the stake-weighted
 /// draw for task 2 picks B, which does not yet hold a task of the execution.
 #[test]
-#[ignore = "protocol defect: a validator can be assigned a downstream task of the same execution before it seals"]
 fn a_validator_is_never_assigned_a_task_downstream_of_the_result_it_checks() {
     let params = Params {
         challenge_ppm: PPM,
@@ -193,7 +191,6 @@ fn a_validator_is_never_assigned_a_task_downstream_of_the_result_it_checks() {
 /// sending heartbeats. After the tick the task must be on L (or ready) with
 /// at most one timed-out attempt: the one of the node that held it.
 #[test]
-#[ignore = "protocol defect: a tick reassigns a silent node's task to other silent nodes it has not marked yet"]
 fn one_tick_costs_a_task_one_attempt_per_node_that_really_held_it() {
     for seed in 0..32u8 {
         let mut n = net(seed, Params::default(), 1, &vec![vec![1]; 8]);
@@ -241,12 +238,16 @@ fn one_tick_costs_a_task_one_attempt_per_node_that_really_held_it() {
 /// which DESIGN.md closes for validators with the seal, is open for the
 /// committee).
 ///
+/// Fixed in part: a dispute is decided once every member voted (or at the
+/// deadline), so the member who re-executed is never shut out. Copying a
+/// visible vote still pays like re-executing (sealed votes would close that;
+/// open, see the issue note).
+///
 /// One task, five nodes, p = 1: the asserter commits, the validator
 /// reveals a different output, the three others are the committee. M1
 /// votes; M2 copies M1's vote from the ledger's state; M3, who re-executed,
 /// votes next, well before the deadline.
 #[test]
-#[ignore = "protocol defect: a committee member can copy the first visible vote and be paid; a member voting after the majority is refused"]
 fn a_member_who_re_executes_and_votes_in_time_is_paid_like_one_who_copies() {
     let params = Params {
         challenge_ppm: PPM,
@@ -295,7 +296,6 @@ fn a_member_who_re_executes_and_votes_in_time_is_paid_like_one_who_copies() {
     let m2 = member(&n, 1);
     n.apply(&m2, vote(seen.0.unwrap(), seen.1.unwrap()), 2_001);
     let earned = |n: &Net, k: &Pubkey| n.ledger.nodes[k].earned_total;
-    assert!(earned(&n, &committee[1]) > 0, "the copy was paid");
     // M3 re-executed (2.5 s) and votes 597 s before the deadline.
     let m3 = member(&n, 2);
     let nonce = n.ledger.accounts.get(&m3.pubkey()).map(|a| a.nonce).unwrap_or(0);
