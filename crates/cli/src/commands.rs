@@ -670,6 +670,16 @@ pub fn sim(a: SimArgs) -> Result<i32> {
                 100.0 * d.seats.expected_share(),
                 d.committees_captured
             );
+            for (t, v) in d.validators_by_task.iter().enumerate() {
+                println!(
+                    "  task {}: the cartel validated {} of {} ({:.2}%, its share of the eligible stake {:.2}%)",
+                    t + 1,
+                    v.cartel,
+                    v.draws,
+                    100.0 * v.share(),
+                    100.0 * v.expected_share()
+                );
+            }
         }
         print_security(&s);
         print!("\n{}", splitup_sim::format_rows(&s.groups));
