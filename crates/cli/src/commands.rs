@@ -651,7 +651,7 @@ pub fn sim(a: SimArgs) -> Result<i32> {
         );
         if let Some(first) = &s.validator_also_assigned_first {
             println!(
-                "protocol defect seen {} time(s): a validator was assigned a task of the execution it validates; first: {first}",
+                "protocol defect seen {} time(s): an unsealed validator was assigned a task of the execution it validates; first: {first}",
                 s.validator_also_assigned
             );
         }
