@@ -651,7 +651,7 @@ pub fn sim(a: SimArgs) -> Result<i32> {
         );
         if let Some(first) = &s.validator_also_assigned_first {
             println!(
-                "protocol defect seen {} time(s): a validator was assigned a task of the execution it validates; first: {first}",
+                "protocol defect seen {} time(s): an unsealed validator was assigned a task of the execution it validates; first: {first}",
                 s.validator_also_assigned
             );
         }
@@ -670,6 +670,16 @@ pub fn sim(a: SimArgs) -> Result<i32> {
                 100.0 * d.seats.expected_share(),
                 d.committees_captured
             );
+            for (t, v) in d.validators_by_task.iter().enumerate() {
+                println!(
+                    "  task {}: the cartel validated {} of {} ({:.2}%, its share of the eligible stake {:.2}%)",
+                    t + 1,
+                    v.cartel,
+                    v.draws,
+                    100.0 * v.share(),
+                    100.0 * v.expected_share()
+                );
+            }
         }
         print_security(&s);
         print!("\n{}", splitup_sim::format_rows(&s.groups));

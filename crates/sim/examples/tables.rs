@@ -1,5 +1,6 @@
-//! The simulator's tables (strategies, catch rate, the cartel's share of
-//! draws), for BENCHMARKS.md while the `splitup` binary cannot be built.
+//! The simulator's tables (scale, strategies, catch rate, the cartel's
+//! share of draws) in a release build of the simulator alone, without
+//! building the `splitup` binary and its engines.
 //!
 //! `TABLES=strategies,catch,shares EVERY=100 cargo run --release -p splitup-sim --example tables -- [nodes] [executions] [seed]`
 //!

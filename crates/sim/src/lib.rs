@@ -363,8 +363,8 @@ pub struct Summary {
     pub security: Vec<SecurityRow>,
     pub shares: DrawShares,
     pub refused: Refusals,
-    /// Protocol findings: a task assigned to a node that is the validator
-    /// (not yet revealed) of another task of the same execution, and the first case.
+    /// Protocol findings: a task assigned to a node that is the unsealed
+    /// validator of another task of the same execution, and the first case.
     pub validator_also_assigned: u64,
     pub validator_also_assigned_first: Option<String>,
     /// Assignments undone within the instruction that made them (a tick
@@ -808,17 +808,14 @@ impl<'a> Sim<'a> {
                 if attempt > 1 {
                     self.s.reassignments += 1;
                 }
-                // Validators should never hold a task of the same execution
-                // (downstream, it reads the bytes it checks before sealing).
+                // An unsealed validator never gets a task of the same execution
+                // (downstream, it would read the bytes it checks before sealing).
                 for (t, r) in self.ledger.executions[&execution].tasks.iter().enumerate() {
-                    if r.status == TaskStatus::Challenged
-                        && r.validator == Some(node)
-                        && r.validator_commitment.is_none()
-                    {
+                    if r.status == TaskStatus::Challenged && r.validator == Some(node) && r.validator_seal.is_none() {
                         self.s.validator_also_assigned += 1;
                         if self.s.validator_also_assigned_first.is_none() {
                             self.s.validator_also_assigned_first = Some(format!(
-                                "t = {} ms: task {execution}/{task} assigned to {}, the validator of task {} of the same execution (not yet revealed)",
+                                "t = {} ms: task {execution}/{task} assigned to {}, the unsealed validator of task {} of the same execution",
                                 self.now,
                                 node.short(),
                                 t + 1
