@@ -505,49 +505,30 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     if let Some(r) = s.limits.check(peer.0, Some(tx.signer)) {
         return r;
     }
-    if let Instruction::RegisterModel(def) = &tx.ix {
-        // Checked (blobs, gate, declared figures) before the rules see it;
-        // a forged registration costs no reads.
-        if !splitup_protocol::crypto::verify_signature(
+    // Some instructions are checked against the store before the rules see
+    // them: a registration against its blobs, the gate and its declared
+    // figures; a result's outputs must be in the store; a reveal's bytes must
+    // produce the validator's seal. Those reads come only after the
+    // signature verifies, so a forged instruction costs none.
+    let admitted = matches!(
+        &tx.ix,
+        Instruction::RegisterModel(_) | Instruction::SubmitResult { .. } | Instruction::RevealValidation { .. }
+    );
+    if admitted
+        && !splitup_protocol::crypto::verify_signature(
             &tx.signer,
             &SignedTx::message(&tx.signer, tx.nonce, &tx.ix),
             &tx.signature,
-        ) {
-            return protocol_error(ProtocolError::BadSignature);
-        }
-        if s.check_registrations {
+        )
+    {
+        return protocol_error(ProtocolError::BadSignature);
+    }
+    match &tx.ix {
+        Instruction::RegisterModel(def) if s.check_registrations => {
             if let Err(why) = crate::admit::check_model(def, &s.blobs, s.worker.as_ref()).await {
                 return protocol_error(ProtocolError::InvalidModel(why));
             }
         }
-    }
-    // Outputs are admitted only when they are in the store, and a reveal
-    // only when its bytes produce the validator's seal. Both read the store,
-    // so only after the signature verifies.
-    let reveal_seal = match &tx.ix {
-        Instruction::SubmitResult { .. } | Instruction::RevealValidation { .. } => {
-            if !splitup_protocol::crypto::verify_signature(
-                &tx.signer,
-                &SignedTx::message(&tx.signer, tx.nonce, &tx.ix),
-                &tx.signature,
-            ) {
-                return protocol_error(ProtocolError::BadSignature);
-            }
-            match &tx.ix {
-                Instruction::RevealValidation { execution, task, .. } => {
-                    let core = s.core.lock();
-                    core.ledger
-                        .executions
-                        .get(execution)
-                        .and_then(|e| e.tasks.get((*task as usize).wrapping_sub(1)))
-                        .and_then(|r| r.validator_seal)
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    match &tx.ix {
         Instruction::SubmitResult { commitment, .. } => {
             if let Err(why) = crate::admit::check_result(commitment, &s.blobs).await {
                 return protocol_error(ProtocolError::Invalid(why));
@@ -559,8 +540,16 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
             commitment,
             ..
         } => {
+            let seal = {
+                let core = s.core.lock();
+                core.ledger
+                    .executions
+                    .get(execution)
+                    .and_then(|e| e.tasks.get((*task as usize).wrapping_sub(1)))
+                    .and_then(|r| r.validator_seal)
+            };
             // Without a seal on record the rules refuse the reveal themselves.
-            if let Some(seal) = reveal_seal {
+            if let Some(seal) = seal {
                 if let Err(why) =
                     crate::admit::check_reveal(&tx.signer, *execution, *task, commitment, &seal, &s.blobs).await
                 {

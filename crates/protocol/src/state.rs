@@ -1293,19 +1293,28 @@ impl Ledger {
     }
 
     /// Releases what a dispute holds: the disputes counters of the asserter,
-    /// the validator and every member. `penalise_absent`: members who have
-    /// not voted pay `absent_penalty` (the deadline has passed).
-    fn close_dispute(&mut self, execution: u64, task: u32, penalise_absent: bool) {
-        let r = self.executions[&execution].tasks[task as usize - 1].clone();
-        for k in r.node.iter().chain(r.validator.iter()).chain(r.committee.iter()) {
-            if let Some(n) = self.nodes.get_mut(k) {
+    /// the validator and every member.
+    fn close_dispute(&mut self, execution: u64, task: u32) {
+        let r = &self.executions[&execution].tasks[task as usize - 1];
+        let parties: Vec<Pubkey> = r.node.iter().chain(&r.validator).chain(&r.committee).copied().collect();
+        for k in parties {
+            if let Some(n) = self.nodes.get_mut(&k) {
                 dec(&mut n.disputes);
             }
         }
-        if penalise_absent {
-            for m in r.committee.iter().filter(|m| !r.votes.contains_key(m)) {
-                self.penalise(*m, self.params.absent_penalty, execution, task);
-            }
+    }
+
+    /// At a dispute's deadline, members who have not voted pay `absent_penalty`.
+    fn penalise_absent(&mut self, execution: u64, task: u32) {
+        let r = &self.executions[&execution].tasks[task as usize - 1];
+        let absent: Vec<Pubkey> = r
+            .committee
+            .iter()
+            .filter(|m| !r.votes.contains_key(m))
+            .copied()
+            .collect();
+        for m in absent {
+            self.penalise(m, self.params.absent_penalty, execution, task);
         }
     }
 
@@ -1360,7 +1369,10 @@ impl Ledger {
         let cost = self.task_cost(&self.models[&model].def.tasks[t]);
         let r = self.executions[&execution].tasks[t].clone();
         let (asserter, v) = (r.node.unwrap(), r.validator);
-        self.close_dispute(execution, task, at_deadline);
+        self.close_dispute(execution, task);
+        if at_deadline {
+            self.penalise_absent(execution, task);
+        }
         let verdict;
         if asserter_honest {
             match validator {
@@ -1493,7 +1505,7 @@ impl Ledger {
                 if let Some(n) = r.node.and_then(|n| self.nodes.get_mut(&n)) {
                     dec(&mut n.load);
                 }
-                self.close_dispute(execution, t as u32 + 1, false);
+                self.close_dispute(execution, t as u32 + 1);
             }
             _ => {}
         }
@@ -1948,7 +1960,8 @@ impl Ledger {
                         match a {
                             Some(a) => self.resolve_dispute(id, task, a, v.filter(|_| on_record), true),
                             None => {
-                                self.close_dispute_absent(id, task);
+                                // The holds go with the execution's failure.
+                                self.penalise_absent(id, task);
                                 self.end_undecided(
                                     id,
                                     task,
@@ -1962,15 +1975,6 @@ impl Ledger {
                 }
             }
             self.progress(id, now, beacon);
-        }
-    }
-
-    /// At an undecided deadline, members who did not vote pay for it (the
-    /// holds are released by the execution's failure).
-    fn close_dispute_absent(&mut self, execution: u64, task: u32) {
-        let r = self.executions[&execution].tasks[task as usize - 1].clone();
-        for m in r.committee.iter().filter(|m| !r.votes.contains_key(m)) {
-            self.penalise(*m, self.params.absent_penalty, execution, task);
         }
     }
 
