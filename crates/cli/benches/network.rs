@@ -118,7 +118,8 @@ fn main() {
     // The user's key signs its blob uploads and reads.
     let c = c.signed_by(user.clone());
     let blobs: BTreeMap<String, Vec<u8>> = files.files.into_iter().collect();
-    let model = splitup_node::ops::deploy(&c, &user, &files.manifest, &blobs, &|_, _| {}).unwrap();
+    let checks = splitup_node::ops::calibrate(&files.manifest, &blobs, None, &|_, _| {}, &|_| {}).unwrap();
+    let model = splitup_node::ops::deploy(&c, &user, &files.manifest, &blobs, &checks, &|_, _| {}).unwrap();
     for i in 0..4 {
         let kp = dir.path().join(format!("n{i}.json"));
         let k = keys::generate();

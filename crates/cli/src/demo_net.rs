@@ -146,7 +146,8 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         &serde_json::json!({ "to": user.pubkey().hex(), "amount_usdc": 100 }),
     )?;
     let blobs: BTreeMap<String, Vec<u8>> = files.files.into_iter().collect();
-    let model = splitup_node::ops::deploy(&client, &user, &files.manifest, &blobs, &|_, _| {})?;
+    let checks = splitup_node::ops::calibrate(&files.manifest, &blobs, None, &|_, _| {}, &|_| {})?;
+    let model = splitup_node::ops::deploy(&client, &user, &files.manifest, &blobs, &checks, &|_, _| {})?;
     println!("\ndeployed as model {model}");
 
     let mut names = BTreeMap::new();

@@ -78,6 +78,14 @@ pub struct DeployArgs {
     /// Memory of every node, e.g. 12GiB.
     #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
     pub vram: u64,
+    /// A representative input for calibrating how far honest results may
+    /// differ across hardware (one per model input; without them, seeded
+    /// random inputs are used: floats in [-1, 1), integers 0 or 1). Each
+    /// task is run here at fp32, fp16 and bf16 and ONNX Runtime's
+    /// optimisation levels, and the spread, times a safety factor of 4, is
+    /// the tolerance the committee judges disputes by.
+    #[arg(long = "calibration-input", value_name = "NAME=FILE.npy", value_parser = util::parse_pair)]
+    pub calibration_inputs: Vec<(String, String)>,
 }
 
 #[derive(Args)]

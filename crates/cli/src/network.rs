@@ -158,9 +158,27 @@ pub fn deploy(a: DeployArgs) -> Result<i32> {
         .unwrap_or_default();
     let files = splitup_graph::plan::build(&p, name.trim_start_matches('@'), &b, &opts, true)?;
     crate::commands::print_plan(&files.manifest);
-    let pb = indicatif::ProgressBar::new(files.manifest.tasks.len() as u64);
     let blobs: std::collections::BTreeMap<String, Vec<u8>> = files.files.into_iter().collect();
-    let id = splitup_node::ops::deploy(&c, &key, &files.manifest, &blobs, &|done, _| {
+    let sample = if a.calibration_inputs.is_empty() {
+        None
+    } else {
+        Some(crate::util::read_inputs(&a.calibration_inputs)?)
+    };
+    let n = files.manifest.tasks.len() as u64;
+    let pb = indicatif::ProgressBar::new(n).with_message("calibrating tolerances");
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {pos}/{len} tasks {wide_bar}").expect("a valid template"),
+    );
+    let checks = splitup_node::ops::calibrate(
+        &files.manifest,
+        &blobs,
+        sample.as_ref(),
+        &|done, _| pb.set_position(done as u64),
+        &|line| pb.suspend(|| eprintln!("{line}")),
+    )?;
+    pb.set_position(0);
+    pb.set_message("uploading");
+    let id = splitup_node::ops::deploy(&c, &key, &files.manifest, &blobs, &checks, &|done, _| {
         pb.set_position(done as u64)
     })?;
     pb.finish_and_clear();

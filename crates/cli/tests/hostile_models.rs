@@ -160,6 +160,7 @@ fn one_task(graph: &str, weights: &str) -> ModelDef {
             weight_uri: String::new(),
             weight_hash: h(weights),
             graph_hash: h(graph),
+            checks: vec![splitup_protocol::OutputCheck::exact("y")],
         }],
         connections: vec![
             Connection {
@@ -251,7 +252,8 @@ fn registrations_that_bypass_the_cli_are_checked_against_their_blobs() {
     let p = partition(&g, &b, &opts).unwrap();
     let files = plan::build(&p, "tiny", &b, &opts, true).unwrap();
     let blobs = files.files.into_iter().collect();
-    let honest = splitup_node::ops::upload_plan(&c, &files.manifest, &blobs, &|_, _| {}).unwrap();
+    let checks = splitup_node::ops::calibrate(&files.manifest, &blobs, None, &|_, _| {}, &|_| {}).unwrap();
+    let honest = splitup_node::ops::upload_plan(&c, &files.manifest, &blobs, &checks, &|_, _| {}).unwrap();
     let mut lie = honest.clone();
     lie.tasks[0].vram = 1;
     refused(lie, "bytes of VRAM; its graph needs");
@@ -266,6 +268,30 @@ fn registrations_that_bypass_the_cli_are_checked_against_their_blobs() {
     let t = &mut lie.tasks[0];
     std::mem::swap(&mut t.graph_hash, &mut t.weight_hash);
     refused(lie, "task 1");
+    // Tolerances that would let any result through, or judge nothing.
+    let mut lie = honest.clone();
+    lie.tasks[0].checks[0].rtol = 2.0;
+    refused(lie, "rtol 2 is not a number in [0, 1]");
+    let mut lie = honest.clone();
+    lie.tasks[0].checks[0].miss_rate = 0.9;
+    refused(lie, "miss_rate 0.9 is not a number in [0, 0.5]");
+    // JSON has no infinity or NaN: such a tolerance never reaches the rules.
+    let mut lie = honest.clone();
+    lie.tasks[0].checks[0].atol = f64::INFINITY;
+    let e = c.send(&owner, Instruction::RegisterModel(lie)).expect_err("registered");
+    assert!(format!("{e:#}").contains("malformed"), "{e:#}");
+    let mut lie = honest.clone();
+    lie.tasks[0].checks.clear();
+    refused(lie, "has no check");
+    let mut lie = honest.clone();
+    let mut extra = lie.tasks[0].checks[0].clone();
+    extra.name = "nothing".into();
+    lie.tasks[0].checks.push(extra.clone());
+    refused(lie, "names no output");
+    let mut lie = honest.clone();
+    extra.indices_of = Some((lie.tasks[0].outputs[0].name.clone(), 99));
+    lie.tasks[0].checks.push(extra);
+    refused(lie, "axis 99 is not an axis");
     // Nothing was registered; the honest model still is.
     let models: serde_json::Value = c.get("/v1/models").unwrap();
     assert_eq!(models, serde_json::json!([]));

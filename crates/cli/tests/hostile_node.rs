@@ -308,6 +308,10 @@ fn register(
             vram,
             compute_units,
             inputs,
+            checks: outputs
+                .iter()
+                .map(|o| splitup_protocol::OutputCheck::exact(&o.name))
+                .collect(),
             outputs,
             weight_uri: c.blob_uri(&wh),
             weight_hash: splitup_node::unhex32(&wh).unwrap(),

@@ -23,7 +23,7 @@ use splitup_graph::model::Weight;
 use splitup_graph::onnx::{attr_type, AttributeProto, NodeProto};
 use splitup_graph::shape::{self, Bindings};
 use splitup_graph::Graph;
-use splitup_tensor::{CalibrateError, DType, OutputTolerance, Pairings, Tensor};
+use splitup_tensor::{CalibrateError, DType, IndicesOf, OutputTolerance, Pairings, Tensor};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -435,4 +435,205 @@ pub fn calibrate_task(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Seeded sample inputs for calibration when the deployer gives none:
+/// floats uniform in [−1, 1), integers 0 or 1 (valid indices for any
+/// gather or embedding), booleans either way. Deterministic in `seed`.
+pub fn sample_inputs(
+    specs: &[splitup_graph::plan::TensorSpec],
+    seed: u64,
+) -> Result<BTreeMap<String, Tensor>, RunError> {
+    let mut state = seed;
+    let mut next = move || {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let dtype = DType::from_name(&s.dtype)
+            .ok_or_else(|| RunError::Inputs(format!("input {:?} has unknown dtype {:?}", s.name, s.dtype)))?;
+        let shape: Vec<usize> = s.shape.iter().map(|&d| d as usize).collect();
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= 1 << 28)
+            .ok_or_else(|| RunError::Inputs(format!("input {:?} {:?} is too large to sample", s.name, s.shape)))?;
+        let values: Vec<f64> = (0..n)
+            .map(|_| {
+                let r = next();
+                if dtype.is_float() {
+                    (r >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+                } else {
+                    (r & 1) as f64
+                }
+            })
+            .collect();
+        let t = Tensor::from_f64_as(dtype, shape, &values)
+            .map_err(|e| RunError::Inputs(format!("input {:?}: {e}", s.name)))?;
+        out.insert(s.name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// The pairings calibration gives a task by default, found in its graph:
+/// - an integer output made by `ArgMax` (first index on ties) or by
+///   `TopK` (largest, sorted) of a float output of the same task is judged
+///   by those values;
+/// - every float output in `derived_for` (the model's outputs) whose last
+///   axis holds two or more classes gets a derived check `NAME/argmax`:
+///   the greedy tokens a sampler would take of it.
+pub fn default_pairings(g: &Graph, outputs: &[splitup_graph::plan::TensorSpec], derived_for: &[&str]) -> Pairings {
+    // The shape of a float output of the task.
+    let out_shape = |name: &str| -> Option<Vec<u64>> {
+        let s = outputs.iter().find(|s| s.name == name)?;
+        DType::from_name(&s.dtype)?.is_float().then(|| s.shape.clone())
+    };
+    let attr = |n: &NodeProto, key: &str, default: i64| {
+        n.attribute
+            .iter()
+            .find(|a| a.name == key && a.r#type == attr_type::INT)
+            .map(|a| a.i)
+            .unwrap_or(default)
+    };
+    let mut pairings = Pairings::new();
+    for n in &g.nodes {
+        if !n.domain.is_empty() && n.domain != "ai.onnx" {
+            continue;
+        }
+        let (indices, ok) = match n.op_type.as_str() {
+            "ArgMax" => (n.output.first(), attr(n, "select_last_index", 0) == 0),
+            "TopK" => (n.output.get(1), attr(n, "largest", 1) == 1 && attr(n, "sorted", 1) == 1),
+            _ => continue,
+        };
+        let (Some(indices), Some(values)) = (indices, n.input.first()) else {
+            continue;
+        };
+        let Some(shape) = out_shape(values) else { continue };
+        if !ok || !outputs.iter().any(|o| &o.name == indices) {
+            continue;
+        }
+        let default_axis = if n.op_type == "TopK" { -1 } else { 0 };
+        let rank = shape.len() as i64;
+        let axis = attr(n, "axis", default_axis);
+        let axis = if axis < 0 { axis + rank } else { axis };
+        if (0..rank).contains(&axis) {
+            pairings.insert(
+                indices.clone(),
+                IndicesOf {
+                    values: values.clone(),
+                    axis: axis as usize,
+                },
+            );
+        }
+    }
+    for name in derived_for {
+        let Some(shape) = out_shape(name) else { continue };
+        if shape.last().is_some_and(|&d| d >= 2) {
+            pairings.insert(
+                format!("{name}/argmax"),
+                IndicesOf {
+                    values: name.to_string(),
+                    axis: shape.len() - 1,
+                },
+            );
+        }
+    }
+    pairings
+}
+
+/// One task of a plan, calibrated.
+#[derive(Clone, Debug)]
+pub struct TaskCalibration {
+    pub task: u64,
+    pub pairings: Pairings,
+    pub calibration: Calibration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanCalibrationError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("task {task}: {source}")]
+    Task { task: u64, source: CalibrationError },
+}
+
+/// Calibrates every task of a plan (see [`calibrate_task`]), in manifest
+/// order, which is topological: each task on the inputs that the reference
+/// (first variant's) runs of the tasks upstream give it, starting from the
+/// model's `inputs`. `files` holds the plan's files by name; `progress` is
+/// called after each task with (done, total).
+pub fn calibrate_plan(
+    m: &splitup_graph::plan::Manifest,
+    files: &BTreeMap<String, Vec<u8>>,
+    inputs: &BTreeMap<String, Tensor>,
+    variants: &[Variant],
+    safety: f64,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Vec<TaskCalibration>, PlanCalibrationError> {
+    runner::check_inputs(&m.inputs, inputs)?;
+    let file = |f: &splitup_graph::plan::FileRef| {
+        files.get(&f.file).ok_or_else(|| RunError::File {
+            path: f.file.clone(),
+            msg: "missing from the plan".into(),
+        })
+    };
+    // Values by (source task, output index); task 0 is the user.
+    let mut values: BTreeMap<(u64, u64), Tensor> = BTreeMap::new();
+    for (i, s) in m.inputs.iter().enumerate() {
+        values.insert((0, i as u64), inputs[&s.name].clone());
+    }
+    let mut out = Vec::with_capacity(m.tasks.len());
+    for (k, t) in m.tasks.iter().enumerate() {
+        let bytes =
+            splitup_graph::plan::assemble_task(t, file(&t.graph)?, file(&t.weights)?).map_err(RunError::from)?;
+        let g = Graph::load(&bytes).map_err(RunError::Refused)?;
+        let mut task_inputs = BTreeMap::new();
+        for c in m.connections.iter().filter(|c| c.destination_task_id == t.id) {
+            let spec = t
+                .inputs
+                .get(c.dest_input_index as usize)
+                .ok_or_else(|| RunError::Manifest(format!("task {} has no input {}", t.id, c.dest_input_index)))?;
+            let v = values
+                .get(&(c.source_task_id, c.source_output_index))
+                .ok_or_else(|| RunError::Manifest(format!("task {} is fed before its source ran", t.id)))?;
+            task_inputs.insert(spec.name.clone(), v.clone());
+        }
+        let model_outputs: Vec<&str> = m
+            .connections
+            .iter()
+            .filter(|c| c.source_task_id == t.id && c.destination_task_id == 0)
+            .filter_map(|c| t.outputs.get(c.source_output_index as usize))
+            .map(|s| s.name.as_str())
+            .collect();
+        let mut pairings = default_pairings(&g, &t.outputs, &model_outputs);
+        let calibration = loop {
+            match calibrate_task(&g, &task_inputs, variants, safety, &pairings) {
+                // A pairing found in the graph that the outputs do not bear
+                // out (shapes): judge without it rather than fail the deploy.
+                Err(CalibrationError::Calibrate(CalibrateError::Pairing { output, .. }))
+                    if pairings.remove(&output).is_some() => {}
+                Err(source) => return Err(PlanCalibrationError::Task { task: t.id, source }),
+                Ok(c) => break c,
+            }
+        };
+        let reference = &calibration.runs[0].1;
+        for (o, spec) in t.outputs.iter().enumerate() {
+            let v = reference
+                .get(&spec.name)
+                .ok_or_else(|| RunError::Manifest(format!("task {} did not produce {:?}", t.id, spec.name)))?;
+            values.insert((t.id, o as u64), v.clone());
+        }
+        out.push(TaskCalibration {
+            task: t.id,
+            pairings,
+            calibration,
+        });
+        progress(k + 1, m.tasks.len());
+    }
+    Ok(out)
 }

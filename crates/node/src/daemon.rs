@@ -947,32 +947,41 @@ pub fn recompute(
     let outputs = w
         .run(&inputs, run_limit(td.compute_units), answer_max.min(w.ceiling()))
         .map_err(|e| classify(e, Duration::MAX, &format!("task {task}")).into_error())?;
-    let side = |claimed: Option<[u8; 32]>| claimed.and_then(|h| judge_side(c, &h, &outputs));
+    let side = |claimed: Option<[u8; 32]>| claimed.and_then(|h| judge_side(c, &h, &outputs, &td.checks));
     Ok((side(asserter), side(validator)))
 }
 
-/// Whether the committed outputs `claimed` agree with `mine` (the same
-/// tensor names, each within [`splitup_tensor::agree`]): `Some(false)` for
-/// bytes that do not decode or disagree, `None` when they cannot be read.
+/// Whether the committed outputs `claimed` agree with `mine` under the
+/// task's calibrated `checks` ([`splitup_tensor::judge`]): `Some(false)`
+/// for bytes that do not decode or disagree, `None` when they cannot be
+/// read or the checks cannot be applied (nobody's result is then at fault).
 /// The blob is fetched by its hash and checked against it, so bytes other
 /// than the committed ones are never judged.
-fn judge_side(c: &Client, claimed: &[u8; 32], mine: &BTreeMap<String, Tensor>) -> Option<bool> {
+fn judge_side(
+    c: &Client,
+    claimed: &[u8; 32],
+    mine: &BTreeMap<String, Tensor>,
+    checks: &[splitup_protocol::OutputCheck],
+) -> Option<bool> {
     let bytes = c.get_blob(&hex(claimed)).ok()?;
-    Some(agrees(&bytes, mine).is_ok())
+    verdict(&bytes, mine, checks)
 }
 
-fn agrees(bytes: &[u8], mine: &BTreeMap<String, Tensor>) -> Result<()> {
-    let theirs = splitup_tensor::st::decode(bytes).context("the committed outputs are not safetensors")?;
-    if theirs.len() != mine.len() {
-        bail!("{} outputs committed, {} computed", theirs.len(), mine.len());
+/// The verdict on committed output bytes against the judge's own outputs.
+pub fn verdict(
+    bytes: &[u8],
+    mine: &BTreeMap<String, Tensor>,
+    checks: &[splitup_protocol::OutputCheck],
+) -> Option<bool> {
+    let Ok(theirs) = splitup_tensor::st::decode(bytes) else {
+        return Some(false);
+    };
+    let (tolerances, pairings) = crate::ops::from_checks(checks);
+    match splitup_tensor::judge(&theirs, mine, &tolerances, &pairings) {
+        Ok(()) => Some(true),
+        Err(e) if e.is_disagreement() => Some(false),
+        Err(_) => None,
     }
-    for (name, t) in mine {
-        let other = theirs
-            .get(name)
-            .with_context(|| format!("the committed outputs lack {name:?}"))?;
-        splitup_tensor::agree(other, t).with_context(|| format!("output {name:?}"))?;
-    }
-    Ok(())
 }
 
 /// Work as a drawn committee member: re-execute, judge both sides, vote.
@@ -1130,6 +1139,56 @@ fn perturb(t: Tensor, fault: Fault) -> Tensor {
 mod tests {
     use super::*;
 
+    /// The committee's verdict on committed bytes: the calibrated checks
+    /// decide; bytes that are not outputs are a disagreement; checks that
+    /// cannot be applied blame nobody.
+    #[test]
+    fn verdicts_follow_the_recorded_checks() {
+        use splitup_protocol::OutputCheck;
+        let logits: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let mine = BTreeMap::from([("y".to_string(), Tensor::from_f32(vec![2, 32], &logits).unwrap())]);
+        let argmax = |v: &[f32]| -> Vec<usize> {
+            v.chunks(32)
+                .map(|r| (0..32).max_by(|&a, &b| r[a].total_cmp(&r[b]).then(b.cmp(&a))).unwrap())
+                .collect()
+        };
+        let checks = vec![
+            OutputCheck {
+                rtol: 1e-3,
+                atol: 1e-4,
+                miss_rate: 0.01,
+                ..OutputCheck::exact("y")
+            },
+            OutputCheck {
+                miss_rate: 1e-10,
+                indices_of: Some(("y".into(), 1)),
+                ..OutputCheck::exact("y/argmax")
+            },
+        ];
+        let encode = |v: &[f32]| {
+            splitup_tensor::st::encode(&BTreeMap::from([(
+                "y".to_string(),
+                Tensor::from_f32(vec![2, 32], v).unwrap(),
+            )]))
+            .unwrap()
+        };
+        // Within tolerance everywhere: upheld.
+        let near: Vec<f32> = logits.iter().map(|x| x * (1.0 + 2e-4)).collect();
+        assert_eq!(verdict(&encode(&near), &mine, &checks), Some(true));
+        // One logit raised just above its row's top: the greedy token flips,
+        // and one element among 64 is within the elementwise miss rate.
+        let mut flipped = logits.clone();
+        let top = argmax(&logits)[0];
+        let other = (top + 16) % 32;
+        flipped[other] = logits[top] + 0.5;
+        assert_ne!(argmax(&flipped)[0], top);
+        assert_eq!(verdict(&encode(&flipped), &mine, &checks), Some(false));
+        // Not safetensors at all.
+        assert_eq!(verdict(b"garbage", &mine, &checks), Some(false));
+        // No check recorded for the output: nobody can be blamed.
+        assert_eq!(verdict(&encode(&near), &mine, &[]), None);
+    }
+
     #[test]
     fn one_daemon_per_key_file_and_the_lock_goes_with_its_holder() {
         let d = tempfile::tempdir().unwrap();
@@ -1168,6 +1227,7 @@ mod tests {
             weight_uri: String::new(),
             weight_hash: [0; 32],
             graph_hash: [0; 32],
+            checks: vec![],
         };
         assert!(answer_max(&td).is_err());
     }

@@ -4,8 +4,8 @@ use crate::{unhex32, Client};
 use anyhow::{bail, Context, Result};
 use splitup_graph::plan::Manifest;
 use splitup_protocol::api::{ExecutionView, ModelView};
-use splitup_protocol::{Connection, ExecStatus, Instruction, Keypair, ModelDef, TaskDef, TensorSpec};
-use splitup_tensor::Tensor;
+use splitup_protocol::{Connection, ExecStatus, Instruction, Keypair, ModelDef, OutputCheck, TaskDef, TensorSpec};
+use splitup_tensor::{IndicesOf, OutputTolerance, Pairings, Tensor};
 use std::collections::BTreeMap;
 
 fn spec(s: &splitup_graph::plan::TensorSpec) -> TensorSpec {
@@ -16,15 +16,98 @@ fn spec(s: &splitup_graph::plan::TensorSpec) -> TensorSpec {
     }
 }
 
-/// Uploads a plan's files and registers the model; returns its id.
+/// A task's calibrated tolerances and pairings, as the ledger records them
+/// (one [`OutputCheck`] per name).
+pub fn to_checks(tolerances: &BTreeMap<String, OutputTolerance>, pairings: &Pairings) -> Vec<OutputCheck> {
+    tolerances
+        .iter()
+        .map(|(name, t)| OutputCheck {
+            name: name.clone(),
+            rtol: t.rtol,
+            atol: t.atol,
+            miss_rate: t.miss_rate,
+            indices_of: pairings.get(name).map(|p| (p.values.clone(), p.axis as u32)),
+        })
+        .collect()
+}
+
+/// The judge's tolerances and pairings from a task's recorded checks
+/// (the inverse of [`to_checks`]).
+pub fn from_checks(checks: &[OutputCheck]) -> (BTreeMap<String, OutputTolerance>, Pairings) {
+    let mut tolerances = BTreeMap::new();
+    let mut pairings = Pairings::new();
+    for c in checks {
+        tolerances.insert(
+            c.name.clone(),
+            OutputTolerance {
+                rtol: c.rtol,
+                atol: c.atol,
+                miss_rate: c.miss_rate,
+            },
+        );
+        if let Some((values, axis)) = &c.indices_of {
+            pairings.insert(
+                c.name.clone(),
+                IndicesOf {
+                    values: values.clone(),
+                    axis: *axis as usize,
+                },
+            );
+        }
+    }
+    (tolerances, pairings)
+}
+
+/// Calibrates every task of a plan at deploy time (see
+/// `splitup_exec::calibrate`): runs it under the variants honest nodes may
+/// use (fp32 at three optimisation levels and thread counts, fp16 and bf16)
+/// on `inputs`, or on seeded sample inputs when none are given, and returns
+/// each task's checks for [`deploy`]. `progress` gets (done, total) per
+/// task; `note` gets one line per reduced precision a task cannot be
+/// checked at.
+pub fn calibrate(
+    m: &Manifest,
+    files: &BTreeMap<String, Vec<u8>>,
+    inputs: Option<&BTreeMap<String, Tensor>>,
+    progress: &dyn Fn(usize, usize),
+    note: &dyn Fn(String),
+) -> Result<Vec<Vec<OutputCheck>>> {
+    use splitup_exec::calibrate::{calibrate_plan, sample_inputs, Variant, SAFETY};
+    let sampled;
+    let inputs = match inputs {
+        Some(i) => i,
+        None => {
+            let seed = m.tasks.first().map_or(0, |t| {
+                u64::from_str_radix(t.graph.blake3.get(..16).unwrap_or("0"), 16).unwrap_or(0)
+            });
+            sampled = sample_inputs(&m.inputs, seed)?;
+            &sampled
+        }
+    };
+    let tasks = calibrate_plan(m, files, inputs, &Variant::standard(), SAFETY, progress)
+        .context("calibrating the tasks' tolerances (give representative inputs with --calibration-input)")?;
+    Ok(tasks
+        .into_iter()
+        .map(|t| {
+            for (v, why) in &t.calibration.excluded {
+                note(format!("task {}: nodes must not run it at {v}: {why}", t.task));
+            }
+            to_checks(&t.calibration.tolerances, &t.pairings)
+        })
+        .collect())
+}
+
+/// Uploads a plan's files and registers the model with each task's
+/// `checks` (from [`calibrate`]); returns its id.
 pub fn deploy(
     c: &Client,
     key: &Keypair,
     m: &Manifest,
     files: &BTreeMap<String, Vec<u8>>,
+    checks: &[Vec<OutputCheck>],
     progress: &dyn Fn(usize, usize),
 ) -> Result<u64> {
-    let def = upload_plan(c, m, files, progress)?;
+    let def = upload_plan(c, m, files, checks, progress)?;
     let events = c.send(key, Instruction::RegisterModel(def))?;
     events
         .iter()
@@ -37,8 +120,12 @@ pub fn upload_plan(
     c: &Client,
     m: &Manifest,
     files: &BTreeMap<String, Vec<u8>>,
+    checks: &[Vec<OutputCheck>],
     progress: &dyn Fn(usize, usize),
 ) -> Result<ModelDef> {
+    if checks.len() != m.tasks.len() {
+        bail!("{} tasks but checks for {}", m.tasks.len(), checks.len());
+    }
     let mut tasks = Vec::new();
     for (i, t) in m.tasks.iter().enumerate() {
         let graph = files
@@ -60,6 +147,7 @@ pub fn upload_plan(
             weight_uri: c.blob_uri(&wh),
             weight_hash: unhex32(&wh).context("the store named a blob by a non-hash")?,
             graph_hash: unhex32(&gh).context("the store named a blob by a non-hash")?,
+            checks: checks[i].clone(),
         });
         progress(i + 1, m.tasks.len());
     }

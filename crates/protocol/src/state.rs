@@ -620,6 +620,7 @@ impl Ledger {
             });
         }
         for (i, t) in def.tasks.iter().enumerate() {
+            check_task_checks(t).or_else(|m| bad(format!("task {}: {m}", i + 1)))?;
             let cost = self.task_cost(t);
             if cost > self.params.task_cost_max {
                 return bad(format!(
@@ -2032,4 +2033,60 @@ fn credit(accounts: &mut BTreeMap<Pubkey, Account>, nodes: &mut BTreeMap<Pubkey,
     if let Some(n) = nodes.get_mut(&to) {
         n.earned_total = n.earned_total.saturating_add(amount);
     }
+}
+
+/// Whether a float dtype name (the dtypes whose outputs are judged within a
+/// tolerance; every other dtype must match exactly).
+fn is_float_dtype(d: &str) -> bool {
+    matches!(d, "float32" | "float16" | "bfloat16" | "float64")
+}
+
+/// A task's output checks are well formed: one per output, derived checks
+/// only with `indices_of`, every tolerance a number within the limits, and
+/// indices pointing into a float output along one of its axes. The ledger
+/// cannot judge results (it runs no model); it refuses checks that could
+/// not be applied or would accept anything.
+fn check_task_checks(t: &TaskDef) -> Result<(), String> {
+    let output = |n: &str| t.outputs.iter().find(|o| o.name == n);
+    let mut seen = BTreeSet::new();
+    for c in &t.checks {
+        if !seen.insert(c.name.as_str()) {
+            return Err(format!("two checks for {:?}", c.name));
+        }
+        for (what, v, max) in [
+            ("rtol", c.rtol, CHECK_RTOL_MAX),
+            ("atol", c.atol, CHECK_ATOL_MAX),
+            ("miss_rate", c.miss_rate, CHECK_MISS_RATE_MAX),
+        ] {
+            if v.is_nan() || !(0.0..=max).contains(&v) {
+                return Err(format!("check {:?}: {what} {v} is not a number in [0, {max}]", c.name));
+            }
+        }
+        let own = output(&c.name);
+        match (&c.indices_of, own) {
+            (None, None) => return Err(format!("check {:?} names no output of the task", c.name)),
+            (None, Some(_)) => {}
+            (Some((values, axis)), own) => {
+                let v = output(values)
+                    .filter(|v| is_float_dtype(&v.dtype))
+                    .ok_or_else(|| format!("check {:?}: {values:?} is not a float output of the task", c.name))?;
+                if *axis as usize >= v.shape.len() {
+                    return Err(format!(
+                        "check {:?}: axis {axis} is not an axis of {values:?} {:?}",
+                        c.name, v.shape
+                    ));
+                }
+                if own.is_some_and(|o| is_float_dtype(&o.dtype)) {
+                    return Err(format!("check {:?}: indices must be an integer output", c.name));
+                }
+            }
+        }
+    }
+    if let Some(o) = t.outputs.iter().find(|o| !seen.contains(o.name.as_str())) {
+        return Err(format!(
+            "output {:?} has no check (deploy calibrates one per output)",
+            o.name
+        ));
+    }
+    Ok(())
 }

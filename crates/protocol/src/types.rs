@@ -150,7 +150,7 @@ pub struct TensorSpec {
     pub dtype: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskDef {
     pub vram: u64,
     pub compute_units: u64,
@@ -160,6 +160,53 @@ pub struct TaskDef {
     pub weight_hash: [u8; 32],
     /// BLAKE3 of the task's ONNX graph (its initializers carry no data).
     pub graph_hash: [u8; 32],
+    /// How a committee member judges a result of this task against its own
+    /// recomputation: one check per output, plus derived checks (the greedy
+    /// tokens of logits). Calibrated at deploy time; see ARCHITECTURE.md,
+    /// "Judging across hardware".
+    pub checks: Vec<OutputCheck>,
+}
+
+/// The largest relative tolerance a check may carry (above it any value of
+/// the right sign passes).
+pub const CHECK_RTOL_MAX: f64 = 1.0;
+/// The largest absolute tolerance a check may carry.
+pub const CHECK_ATOL_MAX: f64 = 1e12;
+/// The largest miss rate a check may carry (above it an output is guessed
+/// at, not checked).
+pub const CHECK_MISS_RATE_MAX: f64 = 0.5;
+
+/// The tolerance of one output of a task, or of one derived check.
+///
+/// An element of a float output misses when |a − b| > atol + rtol·|b|
+/// (integers: when they differ); the output is a mismatch only when its
+/// misses exceed what an honest node missing each element with probability
+/// `miss_rate` exceeds with probability 10⁻⁹. With `indices_of`, the output
+/// (or, under a name that is not an output, the argmax a greedy sampler
+/// takes) holds indices into the float output `indices_of.0` along axis
+/// `indices_of.1`, judged by that output's values. The rule itself is
+/// `splitup_tensor::judge`; the ledger checks only that a check is well
+/// formed and within the limits above.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputCheck {
+    pub name: String,
+    pub rtol: f64,
+    pub atol: f64,
+    pub miss_rate: f64,
+    pub indices_of: Option<(String, u32)>,
+}
+
+impl OutputCheck {
+    /// Every element must be equal (a task nodes run bit-identically).
+    pub fn exact(name: &str) -> OutputCheck {
+        OutputCheck {
+            name: name.to_string(),
+            rtol: 0.0,
+            atol: 0.0,
+            miss_rate: 0.0,
+            indices_of: None,
+        }
+    }
 }
 
 /// Seed 000 §7.1 `TaskConnection`, with task ids 1-based and 0 the user.
@@ -171,7 +218,7 @@ pub struct Connection {
     pub dest_input: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelDef {
     pub name: String,
     pub inputs: Vec<TensorSpec>,

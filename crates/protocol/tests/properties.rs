@@ -380,6 +380,7 @@ fn model_def() -> impl Strategy<Value = ModelDef> {
             vram,
             compute_units,
             inputs,
+            checks: vec![OutputCheck::exact(&output.name)],
             outputs: vec![output],
             weight_uri: "file://w".into(),
             weight_hash: [1; 32],
@@ -2288,4 +2289,24 @@ fn a_damaged_snapshot_is_refused_by_its_hash() {
     assert!(Ledger::restore(&s[..TAG_AND_HASH - 1])
         .unwrap_err()
         .contains("truncated"));
+}
+
+proptest! {
+    /// A model's tolerances are f64 and travel as JSON inside a signed
+    /// instruction: every value must come back bit for bit, or the
+    /// signature (over the instruction's JSON) no longer verifies and the deploy
+    /// is refused (found by the demo: serde_json's default parser can be
+    /// one ulp off; the workspace enables `float_roundtrip`).
+    #[test]
+    fn signed_tolerances_survive_json(rtol in 0.0f64..=1.0, atol in 0.0f64..1e12, miss in 0.0f64..=0.5) {
+        let mut def = chain(&[(1, 1)]);
+        def.tasks[0].checks[0] = OutputCheck { rtol, atol, miss_rate: miss, ..def.tasks[0].checks[0].clone() };
+        let key = Keypair::from_seed([7; 32]);
+        let tx = SignedTx::sign(&key, 0, Instruction::RegisterModel(def));
+        let back: SignedTx = serde_json::from_str(&serde_json::to_string(&tx).unwrap()).unwrap();
+        let c = match &back.ix { Instruction::RegisterModel(d) => d.tasks[0].checks[0].clone(), _ => unreachable!() };
+        prop_assert_eq!((c.rtol.to_bits(), c.atol.to_bits(), c.miss_rate.to_bits()), (rtol.to_bits(), atol.to_bits(), miss.to_bits()));
+        let msg = SignedTx::message(&back.signer, back.nonce, &back.ix);
+        prop_assert!(splitup_protocol::crypto::verify_signature(&back.signer, &msg, &back.signature));
+    }
 }

@@ -1624,6 +1624,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(u64, u64)) -> Result<Summary, 
         weight_uri: "mem://w".into(),
         weight_hash: [0; 32],
         graph_hash: [0; 32],
+        checks: outs.iter().map(|n| OutputCheck::exact(n)).collect(),
     };
     let c = |s, d, so, di| Connection {
         source_task: s,

@@ -65,6 +65,7 @@ fn net(seed: u8, params: Params, tasks: u32, supports: &[Vec<u32>]) -> Net {
         weight_uri: "mem://w".into(),
         weight_hash: [0; 32],
         graph_hash: [0; 32],
+        checks: vec![OutputCheck::exact(&format!("x{}", i + 1))],
     };
     let c = |s, d| Connection {
         source_task: s,

@@ -111,6 +111,7 @@ pub fn task_def(compute_units: u64, vram: u64) -> TaskDef {
         weight_uri: "file://w".into(),
         weight_hash: [1; 32],
         graph_hash: [2; 32],
+        checks: vec![OutputCheck::exact(&spec().name)],
     }
 }
 
