@@ -69,6 +69,41 @@ fn networked_run_equals_the_unsplit_run() {
     );
 }
 
+/// Issue 11: nodes follow the market while running. Started on an empty
+/// ledger, they pick up a model deployed afterwards (no restart) and run
+/// it; when its owner deactivates it, they unload it and stop supporting it.
+#[test]
+fn a_model_deployed_after_the_nodes_started_runs_and_a_deactivated_one_is_unloaded() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger(dir);
+    let _nodes: Vec<Proc> = (0..2).map(|i| start_node(dir, &url, &format!("node{i}"))).collect();
+    let supports = |url: &str| -> Vec<usize> {
+        get(url, "/v1/nodes")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["supports"].as_array().unwrap().len())
+            .collect()
+    };
+    assert_eq!(supports(&url), vec![0, 0], "nothing is deployed yet");
+    let (whole, tasks) = deploy_and_reference(dir, &url);
+    wait_for(60, "both nodes to support every task", || {
+        supports(&url) == vec![tasks, tasks]
+    });
+    submit_and_wait(dir, &url, &[]);
+    let net = npy::decode(&std::fs::read(dir.join("net/logits.npy")).unwrap()).unwrap();
+    allclose(&net, &whole, Tolerance::PARTITION).unwrap();
+
+    let owner = splitup_ledger::keys::read(&dir.join("user.json")).unwrap();
+    let c = splitup_node::Client::new(&url).unwrap().signed_by(owner.clone());
+    c.send(&owner, splitup_protocol::Instruction::DeactivateModel { model: 1 })
+        .unwrap();
+    wait_for(30, "both nodes to drop the deactivated model", || {
+        supports(&url) == vec![0, 0]
+    });
+}
+
 fn get(url: &str, path: &str) -> serde_json::Value {
     reqwest::blocking::get(format!("{url}{path}")).unwrap().json().unwrap()
 }
@@ -682,7 +717,11 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
                 .expect("the node registers"),
         );
     }
-    let preload = lines.iter().find(|l| l.contains("pre-loaded")).unwrap();
+    // The summary ("node KEY pre-loaded L of N tasks (...)"), not a task's own line.
+    let preload = lines
+        .iter()
+        .find(|l| l.starts_with("node ") && l.contains("pre-loaded"))
+        .unwrap();
     let (loaded, total) = {
         let w: Vec<&str> = preload.split_whitespace().collect();
         let i = w.iter().position(|x| *x == "pre-loaded").unwrap();

@@ -789,19 +789,46 @@ async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Resp
     Json(list).into_response()
 }
 
+/// What "recent" means in a model's demand: the last hour.
+const RECENT_MS: Millis = 3_600_000;
+
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return bad_id("model");
     };
     let core = s.core.lock();
-    match core.ledger.models.get(&id) {
-        Some(m) => Json(ModelView {
-            id,
-            owner: m.owner,
-            active: m.active,
-            def: m.def.clone(),
-        })
-        .into_response(),
+    let (l, now) = (&core.ledger, core.last_now.max(wall_ms()));
+    match l.models.get(&id) {
+        Some(m) => {
+            let nodes_per_task = (1..=m.def.tasks.len() as u32)
+                .map(|t| {
+                    l.candidates.get(&(id, t)).map_or(0, |v| {
+                        v.iter()
+                            .filter(|k| l.nodes.get(*k).is_some_and(|n| n.status == NodeStatus::Active))
+                            .count() as u32
+                    })
+                })
+                .collect();
+            // Executions are numbered in submission order: scan back from the
+            // newest until one is older than an hour.
+            let since = now.saturating_sub(RECENT_MS);
+            let recent_executions = l
+                .executions
+                .values()
+                .rev()
+                .take_while(|e| e.submitted_at >= since)
+                .filter(|e| e.model == id)
+                .count() as u64;
+            Json(ModelView {
+                id,
+                owner: m.owner,
+                active: m.active,
+                def: m.def.clone(),
+                nodes_per_task,
+                recent_executions,
+            })
+            .into_response()
+        }
         None => error(StatusCode::NOT_FOUND, 4, format!("unknown model {id}")),
     }
 }

@@ -21,7 +21,7 @@ use splitup_tensor::{DType, Tensor};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 pub struct Config {
@@ -265,7 +265,12 @@ impl Cache {
 struct Node<'a> {
     c: Client,
     cfg: &'a Config,
-    defs: BTreeMap<u64, ModelDef>,
+    /// The models it supports, learnt at start and while running.
+    defs: RwLock<BTreeMap<u64, Arc<ModelDef>>>,
+    /// The (model, task) pairs it told the ledger it supports.
+    supports: Mutex<BTreeSet<(u64, u32)>>,
+    /// Models it found it cannot run (not retried until they change).
+    skipped: Mutex<BTreeSet<u64>>,
     cache: Cache,
     /// The ledger's clock minus this machine's, in ms (deadlines are the ledger's).
     clock_offset_ms: i128,
@@ -306,6 +311,10 @@ impl Node<'_> {
             }
         }
         r
+    }
+
+    fn def(&self, model: u64) -> Option<Arc<ModelDef>> {
+        self.defs.read().unwrap_or_else(|e| e.into_inner()).get(&model).cloned()
     }
 
     fn start_task(&self, def: &ModelDef, task: u32, deadline: Option<Instant>) -> Result<Worker, Failure> {
@@ -480,43 +489,12 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
     }
     let status: Status = c.get_as("/v1/status")?;
     let clock_offset_ms = status.now_ms as i128 - local_ms();
-    // What to support.
-    let models: Vec<ModelSummary> = c.get_as("/v1/models")?;
-    let mut supports = Vec::new();
-    let mut defs: BTreeMap<u64, ModelDef> = BTreeMap::new();
-    for m in models {
-        let id = m.id;
-        if !m.active || !(cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id)) {
-            continue;
-        }
-        let def = c.get_as::<ModelView>(&format!("/v1/models/{id}"))?.def;
-        for (i, t) in def.tasks.iter().enumerate() {
-            let task = i as u32 + 1;
-            let wanted = cfg.specialise.is_empty()
-                || cfg
-                    .specialise
-                    .iter()
-                    .any(|(s, tt)| *s == id && tt.is_none_or(|x| x == task));
-            if wanted && t.vram <= cfg.vram {
-                supports.push((id, task));
-            }
-        }
-        defs.insert(id, def);
-    }
-    for (m, t) in &cfg.specialise {
-        if !defs.contains_key(m) {
-            bail!("--specialise {m}: no active model {m} on this ledger");
-        }
-        if let Some(t) = t {
-            if !supports.contains(&(*m, *t)) {
-                bail!("--specialise {m}/{t}: no such task, or it needs more VRAM than this node has");
-            }
-        }
-    }
     let node = Node {
         c,
         cfg,
-        defs,
+        defs: RwLock::new(BTreeMap::new()),
+        supports: Mutex::new(BTreeSet::new()),
+        skipped: Mutex::new(BTreeSet::new()),
         cache: Cache {
             slots: Mutex::new(Slots::default()),
             changed: Condvar::new(),
@@ -527,48 +505,23 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
         fatal: Mutex::new(None),
         log,
     };
-    // Pre-load before registering, so the node never claims what it cannot
-    // run: a task that does not fit is still loaded once, so that a model
-    // none of whose tasks can run here is skipped now rather than when assigned.
-    let mut skipped: BTreeSet<u64> = BTreeSet::new();
-    for &(m, t) in &supports {
-        if skipped.contains(&m) || stop.load(Ordering::SeqCst) {
-            continue;
-        }
-        let def = &node.defs[&m];
-        match node.start_task(def, t, None) {
-            Ok(w) => {
-                let need = def.tasks[t as usize - 1].vram;
-                drop(node.cache.keep((m, t), need, w));
-            }
-            Err(Failure::Task(why)) => {
-                log(format!(
-                    "skipping model {m} ({:?}): it cannot run here: {why}",
-                    def.name
-                ));
-                skipped.insert(m);
-                node.cache.forget_model(m);
-            }
-            Err(Failure::Transient(e)) => {
-                if e.chain()
-                    .any(|c| matches!(c.downcast_ref(), Some(splitup_store::StoreError::Missing(_))))
-                {
-                    log(format!(
-                        "skipping model {m} ({:?}): task {t}'s files are not in the store: {e:#}",
-                        def.name
-                    ));
-                    skipped.insert(m);
-                    node.cache.forget_model(m);
-                } else {
-                    return Err(e.context(format!("model {m} task {t}")));
-                }
-            }
-        }
-    }
+    // Choose and pre-load before registering, so the node never claims what
+    // it cannot run; later models are picked up while it runs.
+    specialise(&node, true)?;
     if stop.load(Ordering::SeqCst) {
         return Ok(());
     }
-    supports.retain(|(m, _)| !skipped.contains(m));
+    for (m, t) in &cfg.specialise {
+        if node.def(*m).is_none() {
+            bail!("--specialise {m}: no active model {m} on this ledger that this node can run");
+        }
+        if let Some(t) = t {
+            if !lock(&node.supports).contains(&(*m, *t)) {
+                bail!("--specialise {m}/{t}: no such task, or it needs more VRAM than this node has");
+            }
+        }
+    }
+    let supports: Vec<(u64, u32)> = lock(&node.supports).iter().copied().collect();
     let (loaded, used) = node.cache.usage();
     log(format!(
         "node {} pre-loaded {} of {} tasks ({} of {} bytes)",
@@ -611,6 +564,7 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
     let retry = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| heartbeats(&node, period));
+        s.spawn(|| follow_models(&node));
         // The ledger's state version last seen: the next read of the work
         // list waits (long-polls) until the state moves past it.
         let mut seen: Option<u64> = None;
@@ -687,6 +641,183 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
     Ok(())
 }
 
+/// How often a running node looks for new and deactivated models.
+pub const MODELS_EVERY: Duration = Duration::from_secs(2);
+
+/// Follows the market (seed 000's Specialization Manager): learns of
+/// active models it does not know and of deactivated ones, chooses the
+/// new models' tasks that fit its memory (and `--specialise`), pre-loads
+/// them by demand (tasks fewest Active nodes support first, then the
+/// models with the most executions in the last hour, then the smallest),
+/// and unloads deactivated models. Says what it chose and why in its log.
+/// Returns whether the supported set changed (the caller tells the ledger).
+/// At start (`first`), a store or ledger error is fatal; later it is
+/// logged and the model retried next round.
+fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
+    let cfg = node.cfg;
+    let log = node.log;
+    let models: Vec<ModelSummary> = node.c.get_as("/v1/models")?;
+    let wanted = |id: u64| cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id);
+    let active: BTreeSet<u64> = models
+        .iter()
+        .filter(|m| m.active && wanted(m.id))
+        .map(|m| m.id)
+        .collect();
+    let mut changed = false;
+    let known: Vec<u64> = node
+        .defs
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    for m in known.iter().filter(|m| !active.contains(m)) {
+        node.defs.write().unwrap_or_else(|e| e.into_inner()).remove(m);
+        lock(&node.supports).retain(|(x, _)| x != m);
+        node.cache.forget_model(*m);
+        log(format!(
+            "model {m} was deactivated: unloaded its tasks and no longer supports it"
+        ));
+        changed = true;
+    }
+    // Candidates among the new models: (nodes supporting it, recent executions, vram, model, task).
+    let mut candidates: Vec<(u32, u64, u64, u64, u32)> = Vec::new();
+    let mut views: BTreeMap<u64, ModelView> = BTreeMap::new();
+    for &id in &active {
+        if known.contains(&id) || lock(&node.skipped).contains(&id) {
+            continue;
+        }
+        let view: ModelView = node.c.get_as(&format!("/v1/models/{id}"))?;
+        let mut fits = Vec::new();
+        for (i, t) in view.def.tasks.iter().enumerate() {
+            let task = i as u32 + 1;
+            let asked = cfg.specialise.is_empty()
+                || cfg
+                    .specialise
+                    .iter()
+                    .any(|(s, tt)| *s == id && tt.is_none_or(|x| x == task));
+            if asked && t.vram <= cfg.vram {
+                let nodes = view.nodes_per_task.get(i).copied().unwrap_or(0);
+                fits.push((nodes, view.recent_executions, t.vram, id, task));
+            }
+        }
+        if fits.is_empty() {
+            let smallest = view.def.tasks.iter().map(|t| t.vram).min().unwrap_or(0);
+            log(format!(
+                "model {id} ({:?}): no task fits in this node's {} bytes (its smallest needs {smallest}); not supporting it",
+                view.def.name, cfg.vram
+            ));
+            lock(&node.skipped).insert(id);
+            continue;
+        }
+        candidates.extend(fits);
+        views.insert(id, view);
+    }
+    candidates.sort_by_key(|&(nodes, recent, vram, m, t)| (nodes, std::cmp::Reverse(recent), vram, m, t));
+    // Pre-load in that order: a task that does not fit in what is left is
+    // still loaded once (then dropped), so that a model none of whose tasks
+    // can run here is skipped now rather than when assigned.
+    let mut failed: BTreeSet<u64> = BTreeSet::new();
+    let mut chosen: Vec<(u64, u32, String)> = Vec::new();
+    for &(nodes, recent, vram, m, t) in &candidates {
+        if failed.contains(&m) || node.stopping() {
+            continue;
+        }
+        let def = &views[&m].def;
+        match node.start_task(def, t, None) {
+            Ok(w) => {
+                let kept = node.cache.keep((m, t), vram, w).is_none();
+                chosen.push((
+                    m,
+                    t,
+                    format!(
+                        "{} ({nodes} nodes support it, {recent} executions of the model in the last hour)",
+                        if kept {
+                            "pre-loaded"
+                        } else {
+                            "memory full: loads when assigned"
+                        }
+                    ),
+                ));
+            }
+            Err(Failure::Task(why)) => {
+                log(format!(
+                    "skipping model {m} ({:?}): it cannot run here: {why}",
+                    def.name
+                ));
+                failed.insert(m);
+                lock(&node.skipped).insert(m);
+            }
+            Err(Failure::Transient(e)) => {
+                let missing = e
+                    .chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(splitup_store::StoreError::Missing(_))));
+                if missing {
+                    log(format!(
+                        "skipping model {m} ({:?}): task {t}'s files are not in the store: {e:#}",
+                        def.name
+                    ));
+                    lock(&node.skipped).insert(m);
+                } else if first {
+                    return Err(e.context(format!("model {m} task {t}")));
+                } else {
+                    log(format!("model {m} task {t}: cannot load now ({e:#}); retrying later"));
+                }
+                failed.insert(m);
+            }
+        }
+    }
+    for m in &failed {
+        node.cache.forget_model(*m);
+    }
+    for (m, view) in views {
+        if failed.contains(&m) || node.stopping() {
+            continue;
+        }
+        for (_, t, why) in chosen.iter().filter(|(x, _, _)| *x == m) {
+            log(format!("model {m} ({:?}) task {t}: supporting, {why}", view.def.name));
+            lock(&node.supports).insert((m, *t));
+        }
+        node.defs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m, Arc::new(view.def));
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Runs [`specialise`] every [`MODELS_EVERY`] until the daemon stops, and
+/// tells the ledger when what the node supports changed.
+fn follow_models(node: &Node<'_>) {
+    let mut next = Instant::now() + MODELS_EVERY;
+    while !node.stopping() {
+        if Instant::now() >= next {
+            next = Instant::now() + MODELS_EVERY;
+            match specialise(node, false) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let supports: Vec<(u64, u32)> = lock(&node.supports).iter().copied().collect();
+                    let n = supports.len();
+                    match node.send(Instruction::RegisterNode {
+                        vram: node.cfg.vram,
+                        supports,
+                    }) {
+                        Ok(_) => (node.log)(format!("now supporting {}", plural(n, "task"))),
+                        Err(e) => (node.log)(format!("could not tell the ledger what it supports: {e:#}")),
+                    }
+                }
+                Err(e) => (node.log)(format!("could not list models: {e:#}; retrying")),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Sends a heartbeat every `period` until the daemon stops, whatever its
 /// work threads are doing.
 fn heartbeats(node: &Node<'_>, period: Duration) {
@@ -715,10 +846,11 @@ const WORK_WAIT_MAX: Duration = Duration::from_secs(2);
 fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
     let log = node.log;
     let (e, m, t, kind) = (w.execution, w.model, w.task, w.kind);
-    let Some(def) = node.defs.get(&m) else {
+    let Some(def) = node.def(m) else {
         log(format!("assigned model {m} task {t}, which this node does not support"));
         return true;
     };
+    let def = &*def;
     let td = match task_def(def, t) {
         Ok(td) => td,
         Err(why) => {

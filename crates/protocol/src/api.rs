@@ -195,6 +195,13 @@ pub struct ModelView {
     pub owner: Pubkey,
     pub active: bool,
     pub def: ModelDef,
+    /// Demand, for nodes choosing what to pre-load: per task (in order),
+    /// how many Active nodes support it.
+    #[serde(default)]
+    pub nodes_per_task: Vec<u32>,
+    /// Executions of this model submitted in the last hour (by the ledger's clock).
+    #[serde(default)]
+    pub recent_executions: u64,
 }
 
 /// One task of `GET /v1/executions/{id}`.
