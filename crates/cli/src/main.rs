@@ -183,6 +183,9 @@ pub struct NodeStartArgs {
     /// TEST ONLY: wait this many milliseconds before executing each task.
     #[arg(long, hide = true, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port; the log says which).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]

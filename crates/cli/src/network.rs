@@ -372,6 +372,7 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
             Some(other) => bail!("--test-attack {other}: one of uri-swap, withhold, lazy-validator, grief, absent"),
         },
         delay: std::time::Duration::from_millis(a.delay_ms),
+        metrics_listen: a.metrics_listen,
     };
     splitup_node::daemon::run(&cfg, &stop, &|m| {
         println!("{m}");

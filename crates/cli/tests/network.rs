@@ -2,6 +2,7 @@
 //! and the client. A networked run equals the unsplit local run.
 
 use splitup_tensor::{allclose, npy, Tensor, Tolerance};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -101,6 +102,91 @@ fn a_model_deployed_after_the_nodes_started_runs_and_a_deactivated_one_is_unload
         .unwrap();
     wait_for(30, "both nodes to drop the deactivated model", || {
         supports(&url) == vec![0, 0]
+    });
+}
+
+/// Parses a Prometheus text exposition with the reference parser
+/// (`prometheus_client` from PyPI): (sample name, labels, value) triples.
+fn prometheus_samples(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    use std::io::Write;
+    let script = "import sys, json\n\
+from prometheus_client.parser import text_string_to_metric_families as parse\n\
+print(json.dumps([(s.name, s.labels, s.value) for f in parse(sys.stdin.read()) for s in f.samples]))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sample(samples: &[(String, BTreeMap<String, String>, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Issue 11: `/metrics` on the ledger and on a node, scraped during a run
+/// and read by the reference Prometheus parser.
+#[test]
+fn the_ledger_and_a_node_expose_metrics_a_prometheus_parser_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (_ledger, url) = start_ledger(dir);
+    let (_, tasks) = deploy_and_reference(dir, &url);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _node = start_node_with(dir, &url, "node0", &["--metrics-listen", &listen]);
+    submit_and_wait(dir, &url, &[]);
+    let scrape = |u: String| {
+        let r = reqwest::blocking::get(u).unwrap();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+        r.text().unwrap()
+    };
+    let ledger = prometheus_samples(&scrape(format!("{url}/metrics")));
+    assert_eq!(sample(&ledger, "splitup_executions", &[("state", "completed")]), 1.0);
+    assert_eq!(sample(&ledger, "splitup_execution_seconds_count", &[]), 1.0);
+    assert_eq!(sample(&ledger, "splitup_nodes", &[("status", "active")]), 1.0);
+    assert!(sample(&ledger, "splitup_stake_usdc", &[]) > 0.0);
+    assert!(sample(&ledger, "splitup_earned_usdc_total", &[]) > 0.0);
+    assert_eq!(sample(&ledger, "splitup_models", &[("active", "true")]), 1.0);
+    let node = prometheus_samples(&scrape(format!("http://{listen}/metrics")));
+    assert_eq!(
+        sample(
+            &node,
+            "splitup_node_work_total",
+            &[("kind", "compute"), ("outcome", "submitted")]
+        ),
+        tasks as f64
+    );
+    assert_eq!(
+        sample(&node, "splitup_node_run_seconds_count", &[("kind", "compute")]),
+        tasks as f64
+    );
+    assert!(sample(&node, "splitup_node_bytes_total", &[("direction", "in")]) > 0.0);
+    assert!(sample(&node, "splitup_node_bytes_total", &[("direction", "out")]) > 0.0);
+    // Gauges refresh every MODELS_EVERY.
+    wait_for(10, "the node's gauges", || {
+        let node = prometheus_samples(&scrape(format!("http://{listen}/metrics")));
+        sample(&node, "splitup_node_supported_tasks", &[]) == tasks as f64
+            && sample(&node, "splitup_node_loaded_tasks", &[]) > 0.0
+            && sample(&node, "splitup_node_stake_usdc", &[]) > 0.0
     });
 }
 

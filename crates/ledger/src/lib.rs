@@ -11,4 +11,5 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod server;

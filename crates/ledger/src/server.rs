@@ -587,6 +587,21 @@ async fn post_faucet(State(s): State<Shared>, peer: Peer, body: Bytes) -> Respon
     applied(with_core(&s, move |core| core.faucet(req.to, usdc * USDC)).await)
 }
 
+async fn get_metrics(State(s): State<Shared>) -> Response {
+    let text = {
+        let core = s.core.lock();
+        crate::metrics::render(&core.ledger, core.last_now.max(wall_ms()))
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn get_status(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
@@ -939,6 +954,7 @@ fn router(
         .route("/v1/tx", post(post_tx).layer(DefaultBodyLimit::max(TX_BYTES_MAX)))
         .route("/v1/faucet", post(post_faucet).layer(DefaultBodyLimit::max(4096)))
         .route("/v1/status", get(get_status))
+        .route("/metrics", get(get_metrics))
         .route("/v1/genesis", get(get_genesis))
         .route("/v1/blockhashes", get(get_blockhashes))
         .route("/v1/accounts/{key}", get(get_account))

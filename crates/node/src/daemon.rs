@@ -49,6 +49,8 @@ pub struct Config {
     /// Test only: a slow node: wait this long before executing each task,
     /// and execute one task at a time.
     pub delay: Duration,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The wall-clock limit of one run of a task: [`RUN_FLOOR`] plus
@@ -272,6 +274,7 @@ struct Node<'a> {
     /// Models it found it cannot run (not retried until they change).
     skipped: Mutex<BTreeSet<u64>>,
     cache: Cache,
+    metrics: Arc<crate::metrics::NodeMetrics>,
     /// The ledger's clock minus this machine's, in ms (deadlines are the ledger's).
     clock_offset_ms: i128,
     stop: &'a AtomicBool,
@@ -311,6 +314,20 @@ impl Node<'_> {
             }
         }
         r
+    }
+
+    /// Loaded tasks, supported tasks and stake, for `/metrics`.
+    fn refresh_gauges(&self) {
+        let (loaded, bytes) = self.cache.usage();
+        self.metrics.loaded_tasks.set(loaded as i64);
+        self.metrics.loaded_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        self.metrics.supported_tasks.set(lock(&self.supports).len() as i64);
+        if let Ok(a) = self
+            .c
+            .get_as::<AccountView>(&format!("/v1/accounts/{}", self.cfg.key.pubkey().hex()))
+        {
+            self.metrics.stake_usdc.set(a.node.map_or(0, |n| n.stake) as f64 / 1e6);
+        }
     }
 
     fn def(&self, model: u64) -> Option<Arc<ModelDef>> {
@@ -500,11 +517,16 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
             changed: Condvar::new(),
             capacity: cfg.vram,
         },
+        metrics: Arc::new(crate::metrics::NodeMetrics::default()),
         clock_offset_ms,
         stop,
         fatal: Mutex::new(None),
         log,
     };
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = crate::metrics::serve(addr, node.metrics.clone())?;
+        log(format!("metrics at http://{bound}/metrics"));
+    }
     // Choose and pre-load before registering, so the node never claims what
     // it cannot run; later models are picked up while it runs.
     specialise(&node, true)?;
@@ -794,6 +816,7 @@ fn follow_models(node: &Node<'_>) {
     while !node.stopping() {
         if Instant::now() >= next {
             next = Instant::now() + MODELS_EVERY;
+            node.refresh_gauges();
             match specialise(node, false) {
                 Ok(false) => {}
                 Ok(true) => {
@@ -865,7 +888,11 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
     if kind == WorkKind::Validate && node.cfg.fault == Fault::LazyValidator {
         return lazy_validate(node, w);
     }
-    match compute(node, w, def, td) {
+    let computed = compute(node, w, def, td);
+    if let Err(Failure::Task(_)) = &computed {
+        node.metrics.count(kind, "unrunnable");
+    }
+    match computed {
         Ok((_, commitment, blob, seal)) => {
             if lock(&node.fatal).is_some() {
                 return false;
@@ -896,10 +923,16 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
                 }),
             };
             match sent {
-                Ok(_) => log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16])),
-                Err(err) => log(format!(
-                    "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
-                )),
+                Ok(_) => {
+                    node.metrics.count(kind, "submitted");
+                    log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16]))
+                }
+                Err(err) => {
+                    node.metrics.count(kind, "refused");
+                    log(format!(
+                        "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
+                    ))
+                }
             }
             true
         }
@@ -935,6 +968,7 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
             }
         },
         Err(Failure::Transient(err)) => {
+            node.metrics.count(kind, "retry");
             // Often passing (an upstream result being recomputed): retry at the
             // next poll while the ledger still lists the work; its deadline bounds this.
             log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
@@ -957,6 +991,8 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
         .get_as(&format!("/v1/executions/{}", w.execution))
         .map_err(transient)?;
     let inputs = gather_inputs(&node.c, &ex, def, t).map_err(transient)?;
+    node.metrics
+        .moved("in", inputs.values().map(|t| t.bytes().len() as u64).sum());
     let answer_max = answer_max(td).map_err(|e| Failure::Task(format!("task {t}: {e}")))?;
     let deadline = node.deadline(w.deadline_ms);
     let worker = node
@@ -981,7 +1017,12 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
         return Err(transient(anyhow::anyhow!("the ledger's deadline has passed")));
     }
     // The worker cannot hold, so cannot send, more than its ceiling.
+    let started = Instant::now();
     let r = worker.run(&inputs, limit, answer_max.min(worker.ceiling()));
+    node.metrics
+        .run_seconds
+        .get_or_create(&vec![("kind", w.kind.to_string())])
+        .observe(started.elapsed().as_secs_f64());
     node.cache.give_back((m, t), Some(worker));
     drop(inputs);
     let outputs = r.map_err(|e| {
@@ -1013,6 +1054,7 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
         map.insert(name, perturb(o, fault));
     }
     let bytes = splitup_tensor::st::encode(&map).map_err(transient)?;
+    node.metrics.moved("out", bytes.len() as u64);
     let honest = splitup_store::hash_of(&bytes);
     let seal = splitup_protocol::crypto::validation_seal(&node.cfg.key.pubkey(), w.execution, w.task, &bytes);
     let blob = match fault {
@@ -1146,12 +1188,18 @@ fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
         asserter_honest,
         validator_honest,
     }) {
-        Ok(_) => (node.log)(format!(
-            "judge execution {e} task {t}: voted asserter {}, validator {}",
-            verdict_word(asserter_honest),
-            verdict_word(validator_honest)
-        )),
-        Err(err) => (node.log)(format!("judge execution {e} task {t}: the vote was refused: {err:#}")),
+        Ok(_) => {
+            node.metrics.count(WorkKind::Judge, "voted");
+            (node.log)(format!(
+                "judge execution {e} task {t}: voted asserter {}, validator {}",
+                verdict_word(asserter_honest),
+                verdict_word(validator_honest)
+            ))
+        }
+        Err(err) => {
+            node.metrics.count(WorkKind::Judge, "refused");
+            (node.log)(format!("judge execution {e} task {t}: the vote was refused: {err:#}"))
+        }
     }
     true
 }

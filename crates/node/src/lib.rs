@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod metrics;
 pub mod ops;
 
 pub use client::Client;

@@ -183,6 +183,7 @@ proptest! {
             worker: splitup_exec::worker::WorkerCommand { program: "/bin/false".into(), args: vec![] },
             fault: Fault::None,
             delay: Duration::ZERO,
+            metrics_listen: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
