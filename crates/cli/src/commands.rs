@@ -388,10 +388,10 @@ pub fn generate(a: GenerateArgs) -> Result<i32> {
     }
     std::fs::write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
     println!(
-        "wrote {} ({} layers, {} parameters, {})",
+        "wrote {} ({}, {}, {})",
         a.output.display(),
-        c.layers,
-        c.parameters(),
+        plural(c.layers as u64, "layer"),
+        plural(c.parameters(), "parameter"),
         human(bytes.len() as u64)
     );
     Ok(0)
@@ -420,7 +420,17 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         bail!("--seq must be between 1 and --max-seq ({})", c.max_seq);
     }
     let g = transformer(&c).map_err(anyhow::Error::msg)?;
-    println!("model: generated transformer, {} layers, hidden {}, {} heads ({} KV), vocabulary {}, {} parameters, {} of weights (seed {})", c.layers, c.hidden, c.heads, c.kv_heads, c.vocab, c.parameters(), human(g.weight_bytes()), c.seed);
+    println!(
+        "model: generated transformer, {}, hidden {}, {} ({} KV), vocabulary {}, {}, {} of weights (seed {})",
+        plural(c.layers as u64, "layer"),
+        c.hidden,
+        plural(c.heads as u64, "head"),
+        c.kv_heads,
+        c.vocab,
+        plural(c.parameters(), "parameter"),
+        human(g.weight_bytes()),
+        c.seed
+    );
     let (budget, files) = demo_plan(&g, a.seq, a.tasks)?;
     println!("budget: {} per node\n", human(budget));
     print_plan(&files.manifest);
@@ -607,7 +617,15 @@ pub fn sim(a: SimArgs) -> Result<i32> {
         for (reason, n) in &s.failed {
             println!("failed: {n} ({reason})");
         }
-        println!("state machine: {} instructions in {:.3} s = {:.0} instructions/s ({:.0}/s without the {} VRF proofs, which took {:.3} s)", s.instructions, s.ledger_time.as_secs_f64(), s.instructions_per_second(), s.instructions_per_second_without_vrf(), s.vrf_proofs, s.vrf_time.as_secs_f64());
+        println!(
+            "state machine: {} in {:.3} s = {:.0} instructions/s ({:.0}/s without the {}, which took {:.3} s)",
+            plural(s.instructions, "instruction"),
+            s.ledger_time.as_secs_f64(),
+            s.instructions_per_second(),
+            s.instructions_per_second_without_vrf(),
+            plural(s.vrf_proofs, "VRF proof"),
+            s.vrf_time.as_secs_f64()
+        );
         println!(
             "challenges: {} of {} results ({:.2}%; p = {}); validation compute overhead {:.4}",
             s.challenges,

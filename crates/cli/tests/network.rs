@@ -63,7 +63,10 @@ fn networked_run_equals_the_unsplit_run() {
         "{row}"
     );
     assert_eq!(
-        status.lines().filter(|l| l.contains(" Completed ")).count(),
+        status
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Completed"))
+            .count(),
         tasks,
         "{status}"
     );
