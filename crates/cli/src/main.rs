@@ -76,7 +76,7 @@ enum Command {
     Withdraw(KeyedArgs),
     /// Submit an input to a deployed model; prints the execution id.
     Submit(SubmitArgs),
-    /// Show an execution (per task: state, node, attempts, timeouts, challenge and outcome), or the ledger and its recent executions.
+    /// Show an execution (per task: state, node, attempts, timeouts, challenge and verdict), or the ledger and its recent executions.
     Status(StatusArgs),
     /// Download a completed execution's outputs as .npy files.
     Fetch(FetchArgs),
@@ -198,7 +198,7 @@ pub struct NodeStartArgs {
     #[arg(long, value_name = "USDC")]
     pub stake: Option<u64>,
     /// Stake even when this node's VRAM runs no task of any deployed model
-    /// (it then waits for a model it can run, earning nothing meanwhile).
+    /// (it earns nothing until it is restarted after a model it can run is deployed).
     #[arg(long)]
     pub stake_idle: bool,
     /// Tasks to support: MODEL or MODEL/TASK (repeat); default every task of every model.
