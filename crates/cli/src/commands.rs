@@ -1,6 +1,6 @@
 //! The commands: validated arguments in, library calls, a report out.
 
-use crate::util::{human, read_inputs, write_outputs};
+use crate::util::{human, plural, read_inputs, write_outputs};
 use crate::{DemoArgs, GenerateArgs, ModelArgs, PartitionArgs, RunArgs, RunPlanArgs, SimArgs, TransformerArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -205,10 +205,10 @@ pub fn print_plan(m: &Manifest) {
     let total_cu: u64 = m.tasks.iter().map(|t| t.compute_units).sum();
     let max_mem = m.tasks.iter().map(|t| t.vram_requirement).max().unwrap_or(0);
     println!(
-        "{} tasks; largest needs {}; {} compute units; {} passed between tasks per run",
-        m.tasks.len(),
+        "{}; largest needs {}; {}; {} passed between tasks per run",
+        plural(m.tasks.len() as u64, "task"),
         human(max_mem),
-        total_cu,
+        plural(total_cu, "compute unit"),
         human(m.cut_bytes)
     );
     for (node, parts) in &m.splits {
@@ -308,8 +308,8 @@ pub fn run_plan(a: RunPlanArgs) -> Result<i32> {
         );
     }
     println!(
-        "{} tasks in {:.2} ms (up to {} at once); {} passed between tasks",
-        report.tasks.len(),
+        "{} in {:.2} ms (up to {} at once); {} passed between tasks",
+        plural(report.tasks.len() as u64, "task"),
         report.elapsed.as_secs_f64() * 1e3,
         report.max_concurrency,
         human(report.passed_bytes)
@@ -388,10 +388,10 @@ pub fn generate(a: GenerateArgs) -> Result<i32> {
     }
     std::fs::write(&a.output, &bytes).with_context(|| format!("cannot write {}", a.output.display()))?;
     println!(
-        "wrote {} ({} layers, {} parameters, {})",
+        "wrote {} ({}, {}, {})",
         a.output.display(),
-        c.layers,
-        c.parameters(),
+        plural(c.layers as u64, "layer"),
+        plural(c.parameters(), "parameter"),
         human(bytes.len() as u64)
     );
     Ok(0)
@@ -420,7 +420,17 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
         bail!("--seq must be between 1 and --max-seq ({})", c.max_seq);
     }
     let g = transformer(&c).map_err(anyhow::Error::msg)?;
-    println!("model: generated transformer, {} layers, hidden {}, {} heads ({} KV), vocabulary {}, {} parameters, {} of weights (seed {})", c.layers, c.hidden, c.heads, c.kv_heads, c.vocab, c.parameters(), human(g.weight_bytes()), c.seed);
+    println!(
+        "model: generated transformer, {}, hidden {}, {} ({} KV), vocabulary {}, {}, {} of weights (seed {})",
+        plural(c.layers as u64, "layer"),
+        c.hidden,
+        plural(c.heads as u64, "head"),
+        c.kv_heads,
+        c.vocab,
+        plural(c.parameters(), "parameter"),
+        human(g.weight_bytes()),
+        c.seed
+    );
     let (budget, files) = demo_plan(&g, a.seq, a.tasks)?;
     println!("budget: {} per node\n", human(budget));
     print_plan(&files.manifest);
@@ -447,8 +457,8 @@ pub fn demo(a: DemoArgs) -> Result<i32> {
     let unsplit = runner::run_model(whole.as_mut(), &m.inputs, &inputs)?;
     let unsplit_time = t0.elapsed();
     println!(
-        "split run:   {} tasks, {:.2} ms, up to {} at once, {} passed between tasks (planned {})",
-        report.tasks.len(),
+        "split run:   {}, {:.2} ms, up to {} at once, {} passed between tasks (planned {})",
+        plural(report.tasks.len() as u64, "task"),
         ms(report.elapsed),
         report.max_concurrency,
         human(report.passed_bytes),
@@ -546,8 +556,15 @@ pub fn sim(a: SimArgs) -> Result<i32> {
         ..Default::default()
     };
     println!(
-        "seed {seed} (replay with --seed {seed}); {} nodes, {} executions of a 4-task DAG, one every {} ms; strategy fraction {}, q = {}, colluding {}; compute costs {} % of a task's fee; money checked every {check_every} step(s)",
-        a.nodes, a.executions, a.submit_every_ms.max(1), a.strategy_frac, a.q, a.collude, a.compute_cost_pct
+        "seed {seed} (replay with --seed {seed}); {}, {} of a 4-task DAG, one every {} ms; strategy fraction {}, q = {}, colluding {}; compute costs {} % of a task's fee; money checked every {}",
+        plural(a.nodes as u64, "node"),
+        plural(a.executions as u64, "execution"),
+        a.submit_every_ms.max(1),
+        a.strategy_frac,
+        a.q,
+        a.collude,
+        a.compute_cost_pct,
+        if check_every == 1 { "step".to_string() } else { format!("{check_every} steps") }
     );
     let usdc = |m: u64| m as f64 / 1e6;
     let mut rows = Vec::new();
@@ -573,12 +590,16 @@ pub fn sim(a: SimArgs) -> Result<i32> {
             }
             let failed: u64 = s.failed.values().sum();
             println!(
-                "{strategy}: {} of {} completed{}, {} disputes, {} frauds caught, honest stake lost {:.2} USDC, {:.2} s",
+                "{strategy}: {} of {} completed{}, {}, {} caught, honest stake lost {:.2} USDC, {:.2} s",
                 s.completed,
                 s.executions,
-                if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
-                s.disputes,
-                s.frauds_caught,
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                },
+                plural(s.disputes, "dispute"),
+                plural(s.frauds_caught, "fraud"),
                 usdc(s.honest_stake_lost),
                 wall.elapsed().as_secs_f64()
             );
@@ -586,17 +607,25 @@ pub fn sim(a: SimArgs) -> Result<i32> {
             continue;
         }
         println!(
-            "completed {} of {} executions ({} task results) in {:.1} s of virtual time, {:.2} s of wall time",
+            "completed {} of {} ({}) in {:.1} s of virtual time, {:.2} s of wall time",
             s.completed,
-            s.executions,
-            s.task_results,
+            plural(s.executions, "execution"),
+            plural(s.task_results, "task result"),
             s.virtual_ms as f64 / 1e3,
             wall.elapsed().as_secs_f64()
         );
         for (reason, n) in &s.failed {
             println!("failed: {n} ({reason})");
         }
-        println!("state machine: {} instructions in {:.3} s = {:.0} instructions/s ({:.0}/s without the {} VRF proofs, which took {:.3} s)", s.instructions, s.ledger_time.as_secs_f64(), s.instructions_per_second(), s.instructions_per_second_without_vrf(), s.vrf_proofs, s.vrf_time.as_secs_f64());
+        println!(
+            "state machine: {} in {:.3} s = {:.0} instructions/s ({:.0}/s without the {}, which took {:.3} s)",
+            plural(s.instructions, "instruction"),
+            s.ledger_time.as_secs_f64(),
+            s.instructions_per_second(),
+            s.instructions_per_second_without_vrf(),
+            plural(s.vrf_proofs, "VRF proof"),
+            s.vrf_time.as_secs_f64()
+        );
         println!(
             "challenges: {} of {} results ({:.2}%; p = {}); validation compute overhead {:.4}",
             s.challenges,

@@ -194,8 +194,8 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             if e["status"] == "Completed" {
                 break;
             }
-            if e["status"].get("Failed").is_some() {
-                bail!("execution {id} failed: {}", e["status"]);
+            if let Some(why) = e["status"].get("Failed") {
+                bail!("execution {id} failed: {}", why.as_str().unwrap_or("no reason given"));
             }
             if t0.elapsed() > Duration::from_secs(300) {
                 bail!("execution {id} did not finish in 300 s");
@@ -204,6 +204,9 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         }
         let took = t0.elapsed();
         let outputs = splitup_node::ops::fetch(&client, id)?;
+        if a.output.is_some() {
+            crate::util::write_outputs(&dir.join("outputs").join(format!("execution-{id}")), &outputs)?;
+        }
         let specs = vec![splitup_graph::plan::TensorSpec {
             name: "input_ids".into(),
             dimensions: vec![],
@@ -264,9 +267,9 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     }
     let after = client.get(&format!("/v1/accounts/{}", user.pubkey().hex()))?;
     println!(
-        "\nfees: the user paid {:.6} USDC for {} inferences",
+        "\nfees: the user paid {:.6} USDC for {}",
         usdc(&balance_before) - usdc(&after["balance"]),
-        a.inferences
+        crate::util::plural(a.inferences as u64, "inference")
     );
     for (k, n) in &names {
         let acct = client.get(&format!("/v1/accounts/{k}"))?;
@@ -277,6 +280,12 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             usdc(&node["stake"]),
             usdc(&node["slashed_total"]),
             node["status"].as_str().unwrap_or("?")
+        );
+    }
+    if a.output.is_some() {
+        println!(
+            "\nkept in {}: the ledger's data, node keys, logs, and outputs/execution-N/",
+            dir.display()
         );
     }
     println!("\nstopping the ledger and the nodes");

@@ -7,6 +7,7 @@
 //! 2 the command line is invalid; 3 a split run disagreed with the unsplit run.
 
 mod commands;
+mod config;
 mod demo_net;
 mod network;
 mod util;
@@ -21,7 +22,14 @@ use std::path::PathBuf;
     about = "Run ML models that are too large for one GPU as a DAG of tasks that each fit.",
     long_about = "SplitUp partitions an ONNX model into tasks whose weights plus peak activations fit a memory budget, \
 writes them as a portable plan (ONNX graphs + safetensors weights + a JSON manifest, all BLAKE3-addressed), and runs the plan's task DAG.\n\n\
-Start with `splitup demo`.\n\nExit codes: 0 success, 1 failure, 2 invalid command line, 3 split and unsplit outputs disagree."
+Start with `splitup demo`.\n\n\
+Network commands find the ledger and the key file from, first found wins: the flag (--ledger, --key); the environment \
+(SPLITUP_LEDGER, SPLITUP_KEY); the config file SPLITUP_HOME/config.toml (lines `ledger = \"http://HOST:PORT\"` and \
+`key = \"/path/to/key.json\"`); the defaults http://127.0.0.1:7878 and SPLITUP_HOME/key.json (written by `splitup keys new`). \
+SPLITUP_HOME defaults to $XDG_CONFIG_HOME/splitup, else ~/.config/splitup.\n\n\
+--json (on the commands that report) prints one JSON document on stdout and everything else on stderr; \
+the fields are in docs/cli-json.md.\n\n\
+Exit codes: 0 success, 1 failure, 2 invalid command line, 3 split and unsplit outputs disagree."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,11 +64,19 @@ enum Command {
     Balance(KeyedArgs),
     /// List the nodes the ledger knows.
     Nodes(LedgerUrl),
+    /// List the deployed models: id, name, tasks, whether active, owner.
+    Models(LedgerUrl),
     /// Partition a model, upload its tasks and register it on the ledger.
     Deploy(DeployArgs),
+    /// Deactivate a model you deployed: new executions are refused, those in progress finish.
+    Undeploy(UndeployArgs),
+    /// Ask for a node's stake back: it waits out the lockup, then `splitup withdraw` returns it.
+    Unstake(UnstakeArgs),
+    /// Return a node's unstaked USDC to its balance once the lockup has passed.
+    Withdraw(KeyedArgs),
     /// Submit an input to a deployed model; prints the execution id.
     Submit(SubmitArgs),
-    /// Show an execution (per task: state, node, attempts, timeouts, challenge and outcome), or the ledger and its recent executions.
+    /// Show an execution (per task: state, node, attempts, timeouts, challenge and verdict), or the ledger and its recent executions.
     Status(StatusArgs),
     /// Download a completed execution's outputs as .npy files.
     Fetch(FetchArgs),
@@ -89,18 +105,38 @@ pub struct DeployArgs {
 }
 
 #[derive(Args)]
+pub struct UndeployArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// The model id (see `splitup models`); only its owner may deactivate it.
+    pub model: u64,
+}
+
+#[derive(Args)]
+pub struct UnstakeArgs {
+    #[command(flatten)]
+    pub keyed: KeyedArgs,
+    /// USDC to unstake, e.g. 1900 or 0.5 (default: the whole stake).
+    #[arg(long, value_name = "USDC", value_parser = util::parse_usdc)]
+    pub amount: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct SubmitArgs {
     #[command(flatten)]
     pub keyed: KeyedArgs,
     /// The model id printed by `splitup deploy`.
     pub model: u64,
+    /// An input tensor, e.g. --input input_ids=ids.npy (repeat for each of the model's inputs).
     #[arg(long = "input", short = 'i', value_name = "NAME=FILE.npy", value_parser = util::parse_pair)]
     pub inputs: Vec<(String, String)>,
+    /// Priority: each unit adds 0.05 USDC to the fee (paid to the treasury, at most 5 USDC).
     #[arg(long, default_value_t = 0)]
     pub priority: u64,
     /// Wait for the execution to finish, then fetch its outputs into -o.
     #[arg(long, requires = "output")]
     pub wait: bool,
+    /// Where --wait writes the outputs, one .npy per model output.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Give up waiting after this many seconds.
@@ -125,14 +161,18 @@ pub struct StatusArgs {
 pub struct FetchArgs {
     #[command(flatten)]
     pub ledger: LedgerUrl,
+    /// The execution id printed by `splitup submit`.
     pub execution: u64,
+    /// Where to write the outputs, one .npy per model output.
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
-    /// The submitter's key file: it signs the reads (required unless --store
-    /// reads the store directly), and once the outputs are written they are
-    /// acknowledged so the storage deletes the execution's tensors without
-    /// waiting for the retention time.
-    #[arg(long, value_name = "FILE")]
+    /// The submitter's key file: it signs the reads, and once the outputs
+    /// are written they are acknowledged so the storage deletes the
+    /// execution's tensors without waiting for the retention time. Default:
+    /// SPLITUP_KEY, the config file's `key`, else SPLITUP_HOME/key.json if it
+    /// exists; with --store and none of those, the store is read unsigned and
+    /// nothing is acknowledged.
+    #[arg(long, env = "SPLITUP_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
 }
 
@@ -162,9 +202,13 @@ pub struct NodeStartArgs {
     /// Memory this node offers.
     #[arg(long, value_name = "SIZE", value_parser = util::parse_size)]
     pub vram: u64,
-    /// USDC to stake (default: what the VRAM requires).
-    #[arg(long)]
+    /// USDC to stake (default: what the VRAM requires: 1000 USDC + 100 USDC per GB on the default network).
+    #[arg(long, value_name = "USDC")]
     pub stake: Option<u64>,
+    /// Stake even when this node's VRAM runs no task of any deployed model
+    /// (it earns nothing until a model it can run is deployed; it loads one while running).
+    #[arg(long)]
+    pub stake_idle: bool,
     /// Tasks to support: MODEL or MODEL/TASK (repeat); default every task of every model.
     #[arg(long, value_name = "MODEL[/TASK]")]
     pub specialise: Vec<String>,
@@ -192,6 +236,13 @@ pub struct NodeStartArgs {
 pub enum LedgerCommand {
     /// Start the ledger: genesis and log in --data, operator keys beside it; replays the log on restart.
     Start(LedgerStartArgs),
+}
+
+#[derive(Args)]
+pub struct JsonFlag {
+    /// Print JSON on stdout (fields in docs/cli-json.md); everything else goes to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -246,33 +297,58 @@ pub struct LedgerStartArgs {
     /// restart replays only the entries after the newest snapshot.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every: u64,
+    /// Print one JSON line per event (listening, stopped) on stdout; logs go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Create a new key file (refuses to overwrite).
+    /// Create a new key file (refuses to overwrite) and print its public key.
     New {
+        /// Where to write it. Default: SPLITUP_HOME/key.json (~/.config/splitup/key.json),
+        /// the key the network commands use when given none.
         #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Print the public key of a key file (default: the one the network commands use).
+    Show {
+        /// The key file. Default: SPLITUP_KEY, the config file's `key`, else SPLITUP_HOME/key.json.
+        #[arg(long, env = "SPLITUP_KEY", value_name = "FILE")]
+        key: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
     },
 }
 
 #[derive(Args)]
 pub struct LedgerUrl {
-    /// The ledger's URL.
-    #[arg(long, default_value = "http://127.0.0.1:7878")]
-    pub ledger: String,
+    /// The ledger's URL: http(s)://HOST[:PORT], or HOST:PORT for http://HOST:PORT.
+    /// Default: SPLITUP_LEDGER, the config file's `ledger`, else http://127.0.0.1:7878.
+    #[arg(long, env = "SPLITUP_LEDGER", value_name = "URL", value_parser = util::parse_ledger_url)]
+    pub ledger: Option<String>,
     /// Read and write blobs directly in this store (the ledger's own:
     /// s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, file:///DIR or http(s)://…;
     /// credentials from AWS_* / GOOGLE_* variables). Default: through the
     /// ledger's HTTP store API at LEDGER/v1/blobs.
     #[arg(long, env = "SPLITUP_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Print one JSON document on stdout (fields in docs/cli-json.md); notes
+    /// and progress go to stderr. `node start`: one JSON line per log line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl LedgerUrl {
+    /// The ledger's URL: the flag or SPLITUP_LEDGER, the config file's, or the default.
+    pub fn url(&self) -> anyhow::Result<String> {
+        config::ledger(self.ledger.as_deref())
+    }
+
     pub fn client(&self) -> anyhow::Result<splitup_node::Client> {
-        splitup_node::Client::with_store(&self.ledger, self.store.as_deref())
+        splitup_node::Client::with_store(&self.url()?, self.store.as_deref())
     }
 }
 
@@ -280,18 +356,26 @@ impl LedgerUrl {
 pub struct KeyedArgs {
     #[command(flatten)]
     pub ledger: LedgerUrl,
-    /// The key file (from `splitup keys new`).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    /// The key file (from `splitup keys new`). Default: SPLITUP_KEY, the
+    /// config file's `key`, else SPLITUP_HOME/key.json (~/.config/splitup/key.json).
+    #[arg(long, env = "SPLITUP_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+impl KeyedArgs {
+    /// The key file's path and its key (see [`config::read_key`]).
+    pub fn key(&self) -> anyhow::Result<(PathBuf, splitup_protocol::Keypair)> {
+        config::read_key(self.key.as_deref())
+    }
 }
 
 #[derive(Args)]
 pub struct FaucetArgs {
     #[command(flatten)]
     pub keyed: KeyedArgs,
-    /// USDC to mint.
-    #[arg(long, default_value_t = 1000)]
-    pub amount: u64,
+    /// USDC to mint (default: the ledger's, 5000 USDC: enough to stake a node of up to 32 GB).
+    #[arg(long, value_name = "USDC")]
+    pub amount: Option<u64>,
 }
 
 #[derive(Args)]
@@ -303,7 +387,7 @@ pub struct MintArgs {
     #[arg(long, value_name = "PUBKEY", value_parser = util::parse_pubkey)]
     pub to: splitup_protocol::Pubkey,
     /// USDC to mint.
-    #[arg(long)]
+    #[arg(long, value_name = "USDC")]
     pub amount: u64,
 }
 
@@ -352,7 +436,7 @@ pub struct SimArgs {
     /// committee member), as a percentage of the task's fee.
     #[arg(long, default_value_t = splitup_sim::COMPUTE_COST_PCT)]
     pub compute_cost_pct: u64,
-    /// Challenge probability p (DESIGN.md default 0.08).
+    /// Challenge probability p (the design's default: 0.08).
     #[arg(long, default_value_t = 0.08)]
     pub p: f64,
     /// Virtual milliseconds between two submitted executions (each node
@@ -453,18 +537,25 @@ pub struct RunArgs {
 
 #[derive(Args, Clone)]
 pub struct TransformerArgs {
+    /// Decoder layers.
     #[arg(long, default_value_t = 8)]
     pub layers: usize,
+    /// Hidden (model) width.
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
+    /// Attention heads (hidden must be a multiple).
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// Key/value heads (grouped-query attention; heads must be a multiple).
     #[arg(long, default_value_t = 2)]
     pub kv_heads: usize,
+    /// Width of the feed-forward layer.
     #[arg(long, default_value_t = 172)]
     pub ffn: usize,
+    /// Vocabulary size.
     #[arg(long, default_value_t = 2048)]
     pub vocab: usize,
+    /// Longest sequence (the model's input length when not fixed otherwise).
     #[arg(long, default_value_t = 64)]
     pub max_seq: usize,
     /// Position encoding.
@@ -497,7 +588,9 @@ pub struct DemoArgs {
     /// Seed of the input token ids.
     #[arg(long, default_value_t = 1)]
     pub input_seed: u64,
-    /// Keep the plan, logs and outputs here (default: a temporary directory, removed after).
+    /// Keep the demo's files here (default: a temporary directory, removed after): with --local,
+    /// the plan and the outputs; on the network, the ledger's data, the node keys, every
+    /// process's log and each inference's outputs (DIR/outputs/execution-N/).
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Run on this machine only: split and unsplit runs in one process, no network.
@@ -514,8 +607,36 @@ pub struct DemoArgs {
     pub p: f64,
 }
 
+impl Command {
+    /// Whether `--json` was given to this command.
+    fn json(&self) -> bool {
+        match self {
+            Command::Ledger(LedgerCommand::Start(a)) => a.json,
+            Command::Keys(KeysCommand::New { json, .. } | KeysCommand::Show { json, .. }) => json.json,
+            Command::Faucet(a) => a.keyed.ledger.json,
+            Command::Mint(a) => a.keyed.ledger.json,
+            Command::Balance(a) | Command::Withdraw(a) => a.ledger.json,
+            Command::Nodes(a) | Command::Models(a) => a.json,
+            Command::Deploy(a) => a.keyed.ledger.json,
+            Command::Undeploy(a) => a.keyed.ledger.json,
+            Command::Unstake(a) => a.keyed.ledger.json,
+            Command::Submit(a) => a.keyed.ledger.json,
+            Command::Status(a) => a.ledger.json,
+            Command::Fetch(a) => a.ledger.json,
+            Command::Node(NodeCommand::Start(a)) => a.keyed.ledger.json,
+            _ => false,
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if cli.command.json() {
+        if let Err(e) = util::json_mode() {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
     let result = match cli.command {
         Command::Demo(a) if a.local => commands::demo(a),
         Command::Demo(a) => demo_net::run(a),
@@ -525,12 +646,17 @@ fn main() {
         Command::Generate(a) => commands::generate(a),
         Command::Sim(a) => commands::sim(a),
         Command::Ledger(LedgerCommand::Start(a)) => network::ledger_start(a),
-        Command::Keys(KeysCommand::New { output }) => network::keys_new(&output),
+        Command::Keys(KeysCommand::New { output, .. }) => network::keys_new(output.as_deref()),
+        Command::Keys(KeysCommand::Show { key, .. }) => network::keys_show(key.as_deref()),
         Command::Faucet(a) => network::faucet(a),
         Command::Mint(a) => network::mint(a),
         Command::Balance(a) => network::balance(a),
         Command::Nodes(a) => network::nodes(a),
+        Command::Models(a) => network::models(a),
         Command::Deploy(a) => network::deploy(a),
+        Command::Undeploy(a) => network::undeploy(a),
+        Command::Unstake(a) => network::unstake(a),
+        Command::Withdraw(a) => network::withdraw(a),
         Command::Submit(a) => network::submit(a),
         Command::Status(a) => network::status(a),
         Command::Fetch(a) => network::fetch(a),

@@ -5,14 +5,171 @@ use splitup_tensor::Tensor;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Parses a size: `256MiB`, `12GiB`, `1.5GB`, `4096`, `8g` (bytes; binary
-/// units KiB/MiB/GiB/TiB and the single letters k/m/g/t are powers of 1024;
-/// KB/MB/GB/TB are powers of 1000).
 /// A public key: 64 lowercase hex digits.
 pub fn parse_pubkey(s: &str) -> Result<splitup_protocol::Pubkey, String> {
     splitup_protocol::Pubkey::from_hex(s).ok_or_else(|| format!("{s:?} is not a public key (64 lowercase hex digits)"))
 }
 
+/// The default ledger URL.
+pub const LEDGER_DEFAULT: &str = "http://127.0.0.1:7878";
+
+/// A ledger's URL: `http(s)://HOST[:PORT][/PATH]`, or `HOST:PORT` (an IP
+/// address, `localhost` or a DNS name with a port) completed to
+/// `http://HOST:PORT`. Anything else is refused with what was expected, so
+/// a typo is a usage error rather than a connection failure later.
+pub fn parse_ledger_url(s: &str) -> Result<String, String> {
+    let expected = || {
+        format!(
+            "{s:?} is not a ledger URL: expected http://HOST:PORT or https://HOST[:PORT] (e.g. {LEDGER_DEFAULT}), or HOST:PORT for http://HOST:PORT"
+        )
+    };
+    let t = s.trim();
+    let full = if t.contains("://") {
+        t.to_string()
+    } else {
+        // Without a scheme only HOST:PORT is completed: a bare word is
+        // more likely a mistake than a ledger on port 80.
+        let (host, port) = t.rsplit_once(':').ok_or_else(expected)?;
+        let host_ok = !host.is_empty()
+            && (host.parse::<std::net::Ipv4Addr>().is_ok()
+                || (host.starts_with('[') && host.ends_with(']'))
+                || host
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')));
+        if !host_ok || port.parse::<u16>().is_err() {
+            return Err(expected());
+        }
+        format!("http://{t}")
+    };
+    let url = reqwest::Url::parse(&full).map_err(|e| format!("{}: {e}", expected()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{s:?} is not a ledger URL: the scheme must be http or https, not {}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty)
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(expected());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// `1 task`, `2 tasks`: a count and a noun in the right number.
+pub fn plural(n: impl Into<u128>, noun: &str) -> String {
+    let n = n.into();
+    let plural = if let Some(stem) = noun
+        .strip_suffix('y')
+        .filter(|stem| !stem.ends_with(['a', 'e', 'i', 'o', 'u']))
+    {
+        format!("{stem}ies")
+    } else if noun.ends_with('s') || noun.ends_with("sh") || noun.ends_with("ch") {
+        format!("{noun}es")
+    } else {
+        format!("{noun}s")
+    };
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {plural}")
+    }
+}
+
+/// An amount of USDC with up to 6 decimals (`1900`, `0.5`) in micro-USDC.
+pub fn parse_usdc(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not an amount of USDC (e.g. 1900 or 0.25, at most 6 decimals)");
+    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 6
+        || !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
+    whole
+        .checked_mul(splitup_protocol::USDC)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(bad)
+}
+
+/// Micro-USDC as USDC for people: `1900 USDC`, `0.25 USDC`.
+pub fn usdc(micro: u64) -> String {
+    let (w, f) = (micro / splitup_protocol::USDC, micro % splitup_protocol::USDC);
+    if f == 0 {
+        format!("{w} USDC")
+    } else {
+        format!("{w}.{} USDC", format!("{f:06}").trim_end_matches('0'))
+    }
+}
+
+/// A short form of a public key for tables (its first 16 hex digits).
+pub fn short(k: &splitup_protocol::Pubkey) -> String {
+    k.hex()[..16].to_string()
+}
+
+/// Where `--json` sends its document: the process's original standard
+/// output. In JSON mode, file descriptor 1 is pointed at standard error, so
+/// every other line the command (or a library it calls) prints, and every
+/// progress bar, goes to stderr, and stdout carries one JSON document only.
+static JSON_OUT: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Switches to JSON mode (see [`JSON_OUT`]); called once, before any output.
+pub fn json_mode() -> Result<()> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    std::io::stdout().flush()?;
+    // SAFETY: plain descriptor calls on descriptors this process owns; the
+    // duplicate is owned by the File from here on.
+    let fd = unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        bail!(
+            "--json: cannot duplicate standard output: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        bail!(
+            "--json: cannot redirect standard output: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let _ = JSON_OUT.set(std::sync::Mutex::new(unsafe { std::fs::File::from_raw_fd(fd) }));
+    Ok(())
+}
+
+/// Whether `--json` was given.
+pub fn json() -> bool {
+    JSON_OUT.get().is_some()
+}
+
+/// Writes one JSON document (one line) to the JSON output; a long-running
+/// command (`ledger start`, `node start`) writes one per event (JSON Lines).
+pub fn emit(v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let line = serde_json::to_string(v)?;
+    match JSON_OUT.get() {
+        Some(f) => {
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            writeln!(f, "{line}")?;
+            f.flush()?;
+        }
+        None => println!("{line}"),
+    }
+    Ok(())
+}
+
+/// Parses a size: `256MiB`, `12GiB`, `1.5GB`, `4096`, `8g` (bytes; binary
+/// units KiB/MiB/GiB/TiB and the single letters k/m/g/t are powers of 1024;
+/// KB/MB/GB/TB are powers of 1000).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -185,6 +342,60 @@ mod tests {
         assert!(parse_size("-1GiB").is_err());
         assert_eq!(parse_value("sr=16000"), Ok(("sr".into(), vec![16000.0])));
         assert!(parse_value("sr=abc").is_err());
+    }
+
+    #[test]
+    fn ledger_urls_are_completed_or_refused() {
+        for (given, url) in [
+            ("127.0.0.1:7878", "http://127.0.0.1:7878"),
+            ("localhost:7878", "http://localhost:7878"),
+            ("ledger.example.com:443", "http://ledger.example.com:443"),
+            ("[::1]:7878", "http://[::1]:7878"),
+            ("http://127.0.0.1:7878/", "http://127.0.0.1:7878"),
+            ("https://ledger.example.com", "https://ledger.example.com"),
+            ("https://example.com/splitup", "https://example.com/splitup"),
+        ] {
+            assert_eq!(parse_ledger_url(given).as_deref(), Ok(url), "{given}");
+        }
+        for bad in [
+            "",
+            "lol",
+            "127.0.0.1",
+            "localhost:",
+            ":7878",
+            "localhost:port",
+            "localhost:99999",
+            "ftp://x:1",
+            "http://",
+            "http:// a b",
+            "a b:1",
+            "http://h:1/?q=1",
+            "http://u:p@h:1",
+        ] {
+            let e = parse_ledger_url(bad).unwrap_err();
+            assert!(e.contains("not a ledger URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_and_amounts_read_right() {
+        assert_eq!(plural(1u32, "task"), "1 task");
+        assert_eq!(plural(2u32, "task"), "2 tasks");
+        assert_eq!(plural(0u32, "node"), "0 nodes");
+        assert_eq!(plural(3u32, "dispute"), "3 disputes");
+        assert_eq!(plural(2u32, "inference"), "2 inferences");
+        assert_eq!(plural(1u32, "inference"), "1 inference");
+        assert_eq!(plural(2u32, "entry"), "2 entries");
+        assert_eq!(plural(2u32, "key"), "2 keys");
+        assert_eq!(parse_usdc("1900"), Ok(1_900_000_000));
+        assert_eq!(parse_usdc("0.25"), Ok(250_000));
+        assert_eq!(parse_usdc(".5"), Ok(500_000));
+        assert!(parse_usdc("1.0000001").is_err());
+        assert!(parse_usdc("-1").is_err());
+        assert!(parse_usdc("").is_err());
+        assert!(parse_usdc("99999999999999999").is_err());
+        assert_eq!(usdc(1_900_000_000), "1900 USDC");
+        assert_eq!(usdc(250_000), "0.25 USDC");
     }
 
     #[test]

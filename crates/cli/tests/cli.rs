@@ -45,7 +45,7 @@ fn local_demo_splits_into_four_or_more_tasks_and_matches() {
     let d = tempfile::tempdir().unwrap();
     let out = ok(&splitup(&["demo", "--local", "-o", "demo"], d.path()));
     assert!(out.contains("split equals unsplit"), "{out}");
-    let summary = out.lines().find(|l| l.contains(" tasks; largest needs")).unwrap();
+    let summary = out.lines().find(|l| l.contains("; largest needs")).unwrap();
     let tasks: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
     assert!(tasks >= 4, "{tasks} tasks");
     assert!(d.path().join("demo/outputs/logits.npy").is_file());
@@ -232,7 +232,7 @@ fn llama_70b_shape_partitions_at_12_and_24_gib() {
             &["partition", "@llama-70b", "--vram", vram, "--dry-run"],
             d.path(),
         ));
-        let summary = out.lines().find(|l| l.contains(" tasks; largest needs")).unwrap();
+        let summary = out.lines().find(|l| l.contains("; largest needs")).unwrap();
         let tasks: usize = summary.split_whitespace().next().unwrap().parse().unwrap();
         assert!(tasks >= min, "{summary}");
     }
@@ -371,7 +371,7 @@ type PlanRow = (u64, f64, Option<(usize, f64)>);
 
 fn plan_rows(out: &str) -> Vec<PlanRow> {
     out.lines()
-        .filter(|l| !l.contains(" tasks; "))
+        .filter(|l| !l.contains("; largest needs"))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let id: u64 = f.first()?.parse().ok()?;
@@ -390,7 +390,7 @@ fn plan_rows(out: &str) -> Vec<PlanRow> {
 fn task_count(out: &str) -> usize {
     let summary = out
         .lines()
-        .find(|l| l.contains(" tasks; largest needs"))
+        .find(|l| l.contains("; largest needs"))
         .unwrap_or_else(|| panic!("no plan summary in:\n{out}"));
     summary.split_whitespace().next().unwrap().parse().unwrap()
 }

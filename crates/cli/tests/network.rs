@@ -52,7 +52,7 @@ fn networked_run_equals_the_unsplit_run() {
         .output()
         .unwrap());
     assert!(
-        overview.contains("slot") && overview.contains("1 executions"),
+        overview.contains("slot") && overview.contains("1 execution;"),
         "{overview}"
     );
     let row = overview
@@ -60,11 +60,14 @@ fn networked_run_equals_the_unsplit_run() {
         .find(|l| l.trim_start().starts_with("1 "))
         .unwrap_or_else(|| panic!("{overview}"));
     assert!(
-        row.contains(&format!("{tasks}/{tasks}")) && row.contains("true") && row.contains("Completed"),
+        row.contains(&format!("{tasks}/{tasks}")) && row.contains("yes") && row.contains("Completed"),
         "{row}"
     );
     assert_eq!(
-        status.lines().filter(|l| l.contains(" Completed ")).count(),
+        status
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("Completed"))
+            .count(),
         tasks,
         "{status}"
     );
@@ -255,7 +258,7 @@ fn deploy_and_reference(dir: &Path, url: &str) -> (Tensor, usize) {
     assert!(out.contains("model 1 registered"), "{out}");
     let tasks: usize = out
         .lines()
-        .find(|l| l.contains(" tasks; largest needs"))
+        .find(|l| l.contains("; largest needs"))
         .unwrap()
         .split_whitespace()
         .next()
@@ -668,7 +671,7 @@ fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
     assert_eq!(out.matches("equals the unsplit local run").count(), 2, "{out}");
     let tasks: usize = out
         .lines()
-        .find(|l| l.contains(" tasks; largest needs"))
+        .find(|l| l.contains("; largest needs"))
         .unwrap()
         .split_whitespace()
         .next()
@@ -684,6 +687,19 @@ fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
         "{out}"
     );
     assert!(out.contains("fees: the user paid"), "{out}");
+    // -o keeps what its help says: the ledger's data, node keys, logs and
+    // each inference's outputs.
+    let kept = d.path().join("demo");
+    for f in [
+        "ledger",
+        "ledger.log",
+        "node0.json",
+        "node0.log",
+        "outputs/execution-1/logits.npy",
+        "outputs/execution-2/logits.npy",
+    ] {
+        assert!(kept.join(f).exists(), "demo -o did not keep {f}");
+    }
     // The ledger and the nodes are gone: the ledger's port no longer answers.
     let url = out
         .lines()

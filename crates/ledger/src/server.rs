@@ -31,6 +31,11 @@ use std::sync::Arc;
 pub const TX_BYTES_MAX: usize = 1024 * 1024;
 /// Largest faucet grant per request, in USDC.
 pub const FAUCET_USDC_MAX: u64 = 100_000;
+/// A faucet grant when the request names no amount, in USDC: the stake of
+/// the README's node (`node start --vram 8GiB`: 1000 + 100 × 9 GB = 1900
+/// USDC at the default parameters) with room for fees, and the stake of any
+/// node up to 32 GB (4200 USDC). Checked by `faucet_default_covers_a_node`.
+pub const FAUCET_USDC_DEFAULT: u64 = 5_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -265,10 +270,11 @@ impl Core {
         }
         let genesis_ledger = Ledger::genesis(genesis.clone()).map_err(ServerError::Genesis)?;
         let (after, last_now, ledger, replayed) = restore_state(&log, genesis_ledger, &beacon)?;
+        let entries = if replayed == 1 { "entry" } else { "entries" };
         let restored = if after > 0 {
-            format!("snapshot at log entry {after} + {replayed} entries replayed")
+            format!("snapshot at log entry {after} + {replayed} {entries} replayed")
         } else {
-            format!("{replayed} log entries replayed")
+            format!("{replayed} log {entries} replayed")
         };
         let last_seq = log.last_seq()?;
         Ok(Core {
@@ -573,7 +579,7 @@ async fn post_faucet(State(s): State<Shared>, peer: Peer, body: Bytes) -> Respon
             )
         }
     };
-    let usdc = req.amount_usdc.unwrap_or(1000);
+    let usdc = req.amount_usdc.unwrap_or(FAUCET_USDC_DEFAULT);
     if usdc == 0 || usdc > FAUCET_USDC_MAX {
         return error(
             StatusCode::BAD_REQUEST,
@@ -684,6 +690,9 @@ fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> NodeView {
         supports: n.supports.iter().copied().collect(),
         slashed_total: n.slashed_total,
         earned_total: n.earned_total,
+        unstaking: n
+            .unstaking
+            .map(|(amount, unlock_ms)| UnstakingView { amount, unlock_ms }),
     }
 }
 
@@ -1049,4 +1058,26 @@ pub async fn serve_with(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Resul
     // A clean stop leaves a snapshot of the final state: the next start replays nothing.
     state.core.lock().snapshot();
     Ok(())
+}
+
+#[cfg(test)]
+mod faucet_tests {
+    use super::*;
+
+    #[test]
+    fn faucet_default_covers_a_node() {
+        let l = splitup_protocol::Ledger::genesis(splitup_protocol::state::Genesis {
+            params: splitup_protocol::Params::default(),
+            mint_authority: Pubkey([1; 32]),
+            beacon: Pubkey([2; 32]),
+        })
+        .unwrap();
+        let grant = FAUCET_USDC_DEFAULT * USDC;
+        // The README's node, with at least 1000 USDC to spare for fees.
+        assert!(grant >= l.stake_required(8 << 30) + 1000 * USDC);
+        assert!(grant >= l.stake_required(32_000_000_000));
+    }
+
+    // The default is a grant the faucet accepts.
+    const _: () = assert!(FAUCET_USDC_DEFAULT <= FAUCET_USDC_MAX);
 }

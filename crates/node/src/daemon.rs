@@ -35,6 +35,9 @@ pub struct Config {
     pub vram: u64,
     /// Micro-USDC to stake; `None`: exactly what the VRAM requires.
     pub stake: Option<u64>,
+    /// Register and stake even when the VRAM runs no task of any active
+    /// model (see [`run`]); without it such a node refuses to start.
+    pub stake_idle: bool,
     /// (model, task) pairs; a task of `None` means every task of the model;
     /// an empty list means every task of every active model.
     pub specialise: Vec<(u64, Option<u32>)>,
@@ -469,6 +472,11 @@ pub fn lock_key_file(key_file: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Bytes for people: `8.00 GiB (8589934592 bytes)`.
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB ({bytes} bytes)", bytes as f64 / (1u64 << 30) as f64)
+}
+
 /// Identifies one item of work: (execution, task, kind, attempt).
 type WorkKey = (u64, u32, WorkKind, u32);
 
@@ -502,6 +510,33 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
             stake as f64 / 1e6,
             required as f64 / 1e6,
             cfg.vram
+        );
+    }
+    // The stake must be affordable before anything is registered: a node
+    // registered without its stake would be listed, and hold nothing.
+    let acct: AccountView = c.get_as(&format!("/v1/accounts/{}", me.hex()))?;
+    let staked = acct.node.as_ref().map_or(0, |n| n.stake);
+    if staked < stake && acct.balance < stake - staked {
+        let why = if cfg.stake.is_some() {
+            "as --stake says".to_string()
+        } else {
+            format!(
+                "{} USDC + {} USDC per GB of its {} of VRAM",
+                p.stake_base as f64 / 1e6,
+                p.stake_per_gb as f64 / 1e6,
+                gib(cfg.vram)
+            )
+        };
+        bail!(
+            "this node stakes {} USDC ({why}) and the key holds {} USDC{}: \
+fund it first (`splitup faucet` on a development network, a transfer otherwise); nothing was registered",
+            stake as f64 / 1e6,
+            acct.balance as f64 / 1e6,
+            if staked > 0 {
+                format!(" besides the {} USDC it has staked", staked as f64 / 1e6)
+            } else {
+                String::new()
+            }
         );
     }
     let status: Status = c.get_as("/v1/status")?;
@@ -544,12 +579,29 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
         }
     }
     let supports: Vec<(u64, u32)> = lock(&node.supports).iter().copied().collect();
+    // A node that runs no task of any active model would stake and earn
+    // nothing: refuse unless asked (--stake-idle). With no active model at
+    // all it supports nothing *yet*, which is how a new network starts.
+    let skipped = lock(&node.skipped).len();
+    if supports.is_empty() && skipped > 0 && !cfg.stake_idle {
+        bail!(
+            "this node's {} of VRAM runs no task of the {skipped} active model{} it would serve (see above). \
+Nothing was registered or staked; give it more --vram, or --stake-idle to stake {} USDC anyway and wait for a model it can run",
+            gib(cfg.vram),
+            if skipped == 1 { "" } else { "s" },
+            stake as f64 / 1e6
+        );
+    }
+    if supports.is_empty() && skipped == 0 {
+        log("no active model on this ledger yet: this node will load models as they are deployed (`splitup models` lists them)".into());
+    }
     let (loaded, used) = node.cache.usage();
     log(format!(
-        "node {} pre-loaded {} of {} tasks ({} of {} bytes)",
+        "node {} pre-loaded {} of {} task{} ({} of {} bytes)",
         me.hex(),
         loaded,
         supports.len(),
+        if supports.len() == 1 { "" } else { "s" },
         used,
         cfg.vram
     ));
@@ -567,10 +619,11 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
         node.send(Instruction::Stake { amount: need })?;
     }
     log(format!(
-        "node {} registered with {} USDC staked, supporting {} tasks",
+        "node {} registered with {} USDC staked, supporting {} task{}",
         me.hex(),
         stake as f64 / 1e6,
-        supports.len()
+        supports.len(),
+        if supports.len() == 1 { "" } else { "s" }
     ));
     // Heartbeat three times per period the network expects.
     let period = Duration::from_millis(p.heartbeat_ms / 3).min(cfg.heartbeat_every);

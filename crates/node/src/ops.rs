@@ -210,8 +210,10 @@ pub fn submit(c: &Client, key: &Keypair, model: u64, inputs: &BTreeMap<String, T
 /// The execution's model outputs, in model order, once it has completed.
 pub fn fetch(c: &Client, execution: u64) -> Result<Vec<(String, Tensor)>> {
     let e: ExecutionView = c.get_as(&format!("/v1/executions/{execution}"))?;
-    if e.status != ExecStatus::Completed {
-        bail!("execution {execution} is {:?}, not completed", e.status);
+    match &e.status {
+        ExecStatus::Completed => {}
+        ExecStatus::InProgress => bail!("execution {execution} is still in progress"),
+        ExecStatus::Failed(why) => bail!("execution {execution} failed, so it has no outputs: {why}"),
     }
     let def = c.get_as::<ModelView>(&format!("/v1/models/{}", e.model))?.def;
     let mut out = Vec::new();

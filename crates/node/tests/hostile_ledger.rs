@@ -176,6 +176,7 @@ proptest! {
             key_file: None,
             vram: 1 << 30,
             stake: None,
+            stake_idle: false,
             specialise: vec![],
             threads: 1,
             heartbeat_every: Duration::from_millis(100),

@@ -105,7 +105,7 @@ pub struct TxAccepted {
 pub struct FaucetRequest {
     #[serde(with = "hex")]
     pub to: Pubkey,
-    /// Whole USDC, 1 to 100,000 (default 1000).
+    /// Whole USDC, 1 to 100,000 (default 5000: enough to stake a node of up to 32 GB).
     #[serde(default)]
     pub amount_usdc: Option<u64>,
 }
@@ -163,6 +163,18 @@ pub struct NodeView {
     pub supports: Vec<(u64, u32)>,
     pub slashed_total: Micro,
     pub earned_total: Micro,
+    /// An unstake waiting out its lockup (`RequestUnstake`); `None` when
+    /// nothing is unstaking.
+    pub unstaking: Option<UnstakingView>,
+}
+
+/// Stake on its way out: `amount` is still staked (and slashable) until
+/// `Withdraw` moves it to the balance, which the ledger accepts from
+/// `unlock_ms` on, once the node holds no task and no dispute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnstakingView {
+    pub amount: Micro,
+    pub unlock_ms: Millis,
 }
 
 /// `GET /v1/accounts/{key}` (an unknown key reads as an empty account).
