@@ -21,7 +21,7 @@ use splitup_tensor::{DType, Tensor};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Config {
@@ -271,7 +271,7 @@ struct Node<'a> {
     c: Client,
     cfg: &'a Config,
     /// The models it supports, learnt at start and while running.
-    defs: RwLock<BTreeMap<u64, Arc<ModelDef>>>,
+    defs: Mutex<BTreeMap<u64, Arc<ModelDef>>>,
     /// The (model, task) pairs it told the ledger it supports.
     supports: Mutex<BTreeSet<(u64, u32)>>,
     /// Models it found it cannot run (not retried until they change).
@@ -334,7 +334,7 @@ impl Node<'_> {
     }
 
     fn def(&self, model: u64) -> Option<Arc<ModelDef>> {
-        self.defs.read().unwrap_or_else(|e| e.into_inner()).get(&model).cloned()
+        lock(&self.defs).get(&model).cloned()
     }
 
     fn start_task(&self, def: &ModelDef, task: u32, deadline: Option<Instant>) -> Result<Worker, Failure> {
@@ -516,7 +516,9 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
     // registered without its stake would be listed, and hold nothing.
     let acct: AccountView = c.get_as(&format!("/v1/accounts/{}", me.hex()))?;
     let staked = acct.node.as_ref().map_or(0, |n| n.stake);
-    if staked < stake && acct.balance < stake - staked {
+    // What is left to stake once registered (nothing in between moves it).
+    let need = stake.saturating_sub(staked);
+    if acct.balance < need {
         let why = if cfg.stake.is_some() {
             "as --stake says".to_string()
         } else {
@@ -544,7 +546,7 @@ fund it first (`splitup faucet` on a development network, a transfer otherwise);
     let node = Node {
         c,
         cfg,
-        defs: RwLock::new(BTreeMap::new()),
+        defs: Mutex::new(BTreeMap::new()),
         supports: Mutex::new(BTreeSet::new()),
         skipped: Mutex::new(BTreeSet::new()),
         cache: Cache {
@@ -609,13 +611,7 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
         vram: cfg.vram,
         supports: supports.clone(),
     })?;
-    let acct: AccountView = node.c.get_as(&format!("/v1/accounts/{}", me.hex()))?;
-    let staked = acct.node.as_ref().map_or(0, |n| n.stake);
-    if staked < stake {
-        let need = stake - staked;
-        if acct.balance < need {
-            bail!("balance {} USDC cannot cover a stake of {} USDC; fund the key first (splitup faucet on local networks)", acct.balance as f64 / 1e6, need as f64 / 1e6);
-        }
+    if need > 0 {
         node.send(Instruction::Stake { amount: need })?;
     }
     log(format!(
@@ -739,15 +735,9 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
         .map(|m| m.id)
         .collect();
     let mut changed = false;
-    let known: Vec<u64> = node
-        .defs
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
+    let known: Vec<u64> = lock(&node.defs).keys().copied().collect();
     for m in known.iter().filter(|m| !active.contains(m)) {
-        node.defs.write().unwrap_or_else(|e| e.into_inner()).remove(m);
+        lock(&node.defs).remove(m);
         lock(&node.supports).retain(|(x, _)| x != m);
         node.cache.forget_model(*m);
         log(format!(
@@ -853,10 +843,7 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
             log(format!("model {m} ({:?}) task {t}: supporting, {why}", view.def.name));
             lock(&node.supports).insert((m, *t));
         }
-        node.defs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(m, Arc::new(view.def));
+        lock(&node.defs).insert(m, Arc::new(view.def));
         changed = true;
     }
     Ok(changed)
@@ -869,7 +856,9 @@ fn follow_models(node: &Node<'_>) {
     while !node.stopping() {
         if Instant::now() >= next {
             next = Instant::now() + MODELS_EVERY;
-            node.refresh_gauges();
+            if node.cfg.metrics_listen.is_some() {
+                node.refresh_gauges();
+            }
             match specialise(node, false) {
                 Ok(false) => {}
                 Ok(true) => {

@@ -1,4 +1,6 @@
-use crate::{DType, Tensor};
+#[cfg(test)]
+use crate::DType;
+use crate::Tensor;
 
 /// Elementwise tolerance: |a - b| <= atol + rtol * |b| (numpy's `allclose`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,6 +30,8 @@ pub enum Mismatch {
         expected: f64,
         diff: f64,
     },
+    /// Only [`agree`] (test-only) reports it.
+    #[cfg(test)]
     #[error("drift beyond {limit:?}: relative L2 {rel_l2:e}, max |diff| {max_abs:e}")]
     Drift {
         rel_l2: f64,
@@ -48,14 +52,18 @@ pub enum Mismatch {
 ///
 /// These limits are fixed per dtype, not calibrated: the max-abs limit grows
 /// with the tensor's largest value (so a few nudged logits pass) while the
-/// relative-L2 limit can be tighter than honest bf16 runs. Tasks with a
-/// calibrated tolerance are judged by [`crate::judge`] instead.
+/// relative-L2 limit can be tighter than honest bf16 runs. This was the
+/// committee's rule before deploy-time calibration; every task is now
+/// judged by [`crate::judge`], and this rule is kept only for the tests that
+/// show what it let through.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Agreement {
     pub rel_l2: f64,
     pub max_abs: f64,
 }
 
+#[cfg(test)]
 impl Agreement {
     /// The limits for outputs of `dtype`; `None`: bit-exact.
     pub fn for_dtype(dtype: DType) -> Option<Agreement> {
@@ -81,6 +89,7 @@ impl Agreement {
 /// Whether a recomputed output (`actual`) agrees with the checked one
 /// (`expected`) within [`Agreement::for_dtype`]. NaN must meet NaN and
 /// infinities must match exactly.
+#[cfg(test)]
 pub fn agree(actual: &Tensor, expected: &Tensor) -> Result<(), Mismatch> {
     if actual.dtype != expected.dtype {
         return Err(Mismatch::DType(actual.dtype, expected.dtype));
