@@ -70,6 +70,74 @@ fn spawn(children: &Children, args: &[&str], wait_for: &str, log: Option<std::pa
     Ok(first)
 }
 
+/// Inferences the demo adds, beyond `--inferences`, while the cheater has
+/// not been caught.
+const EXTRA_INFERENCES: usize = 10;
+
+/// One group of consecutive tasks and the nodes that run it.
+#[derive(Debug, PartialEq)]
+struct Group {
+    /// Ledger task numbers (1-based), end excluded.
+    tasks: std::ops::Range<usize>,
+    honest: usize,
+    cheaters: usize,
+}
+
+/// Committee members needed for a verdict (a majority of the default committee).
+fn judges() -> usize {
+    let size = splitup_protocol::Params::default().committee_size as usize;
+    size / 2 + 1
+}
+
+/// Cuts a chain of `tasks` tasks into three groups of consecutive tasks (so
+/// an inference visits at least three nodes) and spreads `nodes` nodes over
+/// them. Each group needs an asserter and a validator that holds no task of
+/// the execution; the cheater's group (the middle one) also needs enough
+/// honest judges besides those two for a committee to reach a verdict.
+fn layout(tasks: usize, nodes: usize, cheat: bool) -> Result<Vec<Group>> {
+    if tasks < 3 {
+        bail!("the network demo needs at least 3 tasks to spread over 3 groups of nodes (use a larger --tasks)");
+    }
+    let mut need = [2, 2, 2];
+    if cheat {
+        need[1] = 2 + judges();
+    }
+    let least: usize = need.iter().sum();
+    if nodes < least {
+        bail!(
+            "--nodes {nodes} is too few: the demo needs {least} ({}), one group of consecutive tasks on 2 nodes each (asserter and validator){}",
+            need.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" + "),
+            if cheat {
+                format!(", and the cheater's group {} more to judge disputes", judges())
+            } else {
+                String::new()
+            }
+        );
+    }
+    for extra in 0..nodes - least {
+        need[extra % 3] += 1;
+    }
+    let mut start = 1;
+    Ok((0..3)
+        .map(|g| {
+            let len = tasks / 3 + usize::from(g < tasks % 3);
+            let group = Group {
+                tasks: start..start + len,
+                honest: need[g] - usize::from(cheat && g == 1),
+                cheaters: usize::from(cheat && g == 1),
+            };
+            start += len;
+            group
+        })
+        .collect())
+}
+
+fn slashed_of(c: &Client, key: &str) -> Result<u64> {
+    Ok(c.get(&format!("/v1/accounts/{key}"))?["node"]["slashed_total"]
+        .as_u64()
+        .unwrap_or(0))
+}
+
 fn usdc(v: &serde_json::Value) -> f64 {
     v.as_u64().unwrap_or(0) as f64 / 1e6
 }
@@ -150,19 +218,39 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     let model = splitup_node::ops::deploy(&client, &user, &files.manifest, &blobs, &checks, &|_, _| {})?;
     println!("\ndeployed as model {model}");
 
+    let groups = layout(files.manifest.tasks.len(), a.nodes, !a.no_cheater)?;
+    let whole_vram: u64 = files.manifest.tasks.iter().map(|t| t.vram_requirement).sum();
+    println!(
+        "\neach node gets the VRAM of one group of consecutive tasks (the whole model needs {}), so every inference visits at least {} nodes:",
+        human(whole_vram),
+        groups.len()
+    );
     let mut names = BTreeMap::new();
-    for i in 0..a.nodes {
-        let key_path = dir.join(format!("node{i}.json"));
-        let _ = std::fs::remove_file(&key_path);
-        let k = keys::generate();
-        keys::write(&key_path, &k)?;
-        client.post(
-            "/v1/faucet",
-            &serde_json::json!({ "to": k.pubkey().hex(), "amount_usdc": 5000 }),
-        )?;
-        spawn(
-            &children,
-            &[
+    let mut cheater = None;
+    let mut i = 0;
+    for g in &groups {
+        let vram: u64 = g
+            .tasks
+            .clone()
+            .map(|t| files.manifest.tasks[t - 1].vram_requirement)
+            .sum();
+        let tasks = if g.tasks.len() == 1 {
+            format!("task {}", g.tasks.start)
+        } else {
+            format!("tasks {}-{}", g.tasks.start, g.tasks.end - 1)
+        };
+        for honest in std::iter::repeat_n(true, g.honest).chain(std::iter::repeat_n(false, g.cheaters)) {
+            let name = format!("node{i}");
+            let key_path = dir.join(format!("{name}.json"));
+            let _ = std::fs::remove_file(&key_path);
+            let k = keys::generate();
+            keys::write(&key_path, &k)?;
+            client.post(
+                "/v1/faucet",
+                &serde_json::json!({ "to": k.pubkey().hex(), "amount_usdc": 5000 }),
+            )?;
+            let vram_arg = format!("{vram}B");
+            let mut args = vec![
                 "node",
                 "start",
                 "--ledger",
@@ -170,20 +258,54 @@ pub fn run(a: DemoArgs) -> Result<i32> {
                 "--key",
                 key_path.to_str().unwrap(),
                 "--vram",
-                "8GiB",
-            ],
-            "registered",
-            Some(dir.join(format!("node{i}.log"))),
-        )?;
-        names.insert(k.pubkey().hex(), format!("node{i}"));
-        println!("node{i}: {} started, staked and pre-loaded", &k.pubkey().hex()[..16]);
+                &vram_arg,
+            ];
+            let specs: Vec<String> = g.tasks.clone().map(|t| format!("{model}/{t}")).collect();
+            for s in &specs {
+                args.extend(["--specialise", s]);
+            }
+            if !honest {
+                args.push("--cheat");
+                cheater = Some(k.pubkey().hex());
+            }
+            spawn(&children, &args, "registered", Some(dir.join(format!("{name}.log"))))?;
+            println!(
+                "{name}: {} with {} of VRAM runs {tasks}{}",
+                &k.pubkey().hex()[..16],
+                human(vram),
+                if honest {
+                    ""
+                } else {
+                    "; it CHEATS: returns perturbed outputs, as asserter and as validator"
+                }
+            );
+            names.insert(k.pubkey().hex(), name);
+            i += 1;
+        }
     }
     let rt = splitup_exec::OrtRuntime::new(1)?;
     let mut whole = splitup_exec::runner::prepare_model(&g, &rt)?;
     let balance_before = client.get(&format!("/v1/accounts/{}", user.pubkey().hex()))?["balance"].clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.input_seed);
     let mut code = 0;
-    for run in 0..a.inferences {
+    let caught = |c: &Client| -> Result<bool> {
+        Ok(match &cheater {
+            Some(k) => {
+                c.get(&format!("/v1/accounts/{k}"))?["node"]["slashed_total"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+            }
+            None => true,
+        })
+    };
+    let mut runs = 0;
+    let mut slashed: BTreeMap<String, u64> = BTreeMap::new();
+    // The requested inferences, then more (at most EXTRA_INFERENCES) until
+    // the cheater has been caught: whether it is drawn is up to the VRF.
+    while runs < a.inferences || (runs < a.inferences + EXTRA_INFERENCES && !caught(&client)?) {
+        let run = runs;
+        runs += 1;
         let ids: Vec<i64> = (0..a.seq).map(|_| rng.random_range(0..c.vocab as i64)).collect();
         let inputs: BTreeMap<String, Tensor> =
             [("input_ids".to_string(), Tensor::from_i64(vec![1, a.seq], &ids)?)].into();
@@ -236,13 +358,32 @@ pub fn run(a: DemoArgs) -> Result<i32> {
             } else {
                 "not challenged".into()
             };
+            let excluded: Vec<String> = t["excluded"]
+                .as_array()
+                .map(|v| v.iter().map(who).collect())
+                .unwrap_or_default();
             println!(
-                "  task {:>2}: ran on {} ({} attempt{}), {challenge}",
+                "  task {:>2}: ran on {} ({} attempt{}{}), {challenge}",
                 t["task"],
                 who(&t["node"]),
                 t["attempts"],
-                if t["attempts"] == 1 { "" } else { "s" }
+                if t["attempts"] == 1 { "" } else { "s" },
+                if excluded.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} excluded", excluded.join(", "))
+                }
             );
+        }
+        for (k, n) in &names {
+            let now = slashed_of(&client, k)?;
+            let before = slashed.insert(k.clone(), now).unwrap_or(0);
+            if now > before {
+                println!(
+                    "  {n} was caught cheating by the committee and slashed {:.2} USDC",
+                    (now - before) as f64 / 1e6
+                );
+            }
         }
         for ((name, net), (_, loc)) in outputs.iter().zip(&local) {
             let v = net.to_f64_vec();
@@ -266,21 +407,46 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         }
     }
     let after = client.get(&format!("/v1/accounts/{}", user.pubkey().hex()))?;
-    println!(
-        "\nfees: the user paid {:.6} USDC for {}",
-        usdc(&balance_before) - usdc(&after["balance"]),
-        crate::util::plural(a.inferences as u64, "inference")
-    );
-    for (k, n) in &names {
+    let paid = usdc(&balance_before) - usdc(&after["balance"]);
+    println!("\nsummary after {}:", crate::util::plural(runs as u64, "inference"));
+    println!("  the user paid {paid:.6} USDC in fees");
+    let (mut earned, mut slashed_all) = (0.0, 0.0);
+    let mut by_name: Vec<(&String, &String)> = names.iter().collect();
+    by_name.sort_by_key(|(_, n)| n.trim_start_matches("node").parse::<usize>().unwrap_or(usize::MAX));
+    for (k, n) in by_name {
         let acct = client.get(&format!("/v1/accounts/{k}"))?;
         let node = &acct["node"];
+        earned += usdc(&node["earned_total"]);
+        slashed_all += usdc(&node["slashed_total"]);
         println!(
-            "{n}: earned {:.6} USDC, stake {:.2} USDC, slashed {:.2} USDC, status {}",
+            "  {n}: earned {:.6} USDC, slashed {:>6.2} USDC, stake now {:>7.2} USDC{}",
             usdc(&node["earned_total"]),
-            usdc(&node["stake"]),
             usdc(&node["slashed_total"]),
-            node["status"].as_str().unwrap_or("?")
+            usdc(&node["stake"]),
+            if cheater.as_deref() == Some(k.as_str()) {
+                " (the cheater)"
+            } else {
+                ""
+            }
         );
+    }
+    let treasury = client.get("/v1/status")?["treasury"].clone();
+    println!(
+        "  nodes earned {earned:.6} USDC in all; {slashed_all:.2} USDC was slashed: half goes to the honest party the cheater wronged, the judges are paid from the rest, the remainder stays in the treasury (now {:.2} USDC)",
+        usdc(&treasury)
+    );
+    match &cheater {
+        Some(k) if caught(&client)? => println!(
+            "  the cheater {} was caught and slashed; every output the user received is the honest one",
+            names[k]
+        ),
+        Some(k) => {
+            println!(
+                "  the cheater {} was never drawn in {runs} inferences (the VRF decides who runs and validates)",
+                names[k]
+            );
+        }
+        None => {}
     }
     if a.output.is_some() {
         println!(
@@ -290,4 +456,32 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     }
     println!("\nstopping the ledger and the nodes");
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layout_gives_every_group_an_asserter_and_a_validator_and_the_cheater_judges() {
+        let g = layout(8, 8, true).unwrap();
+        assert_eq!(
+            g.iter().map(|g| g.tasks.clone()).collect::<Vec<_>>(),
+            [1..4, 4..7, 7..9]
+        );
+        assert_eq!(
+            g.iter().map(|g| (g.honest, g.cheaters)).collect::<Vec<_>>(),
+            [(2, 0), (3, 1), (2, 0)]
+        );
+        // Extra nodes are spread over the groups; every task is in one group.
+        let g = layout(4, 10, true).unwrap();
+        assert_eq!(g.iter().map(|g| g.tasks.len()).sum::<usize>(), 4);
+        assert_eq!(g.iter().map(|g| g.honest + g.cheaters).sum::<usize>(), 10);
+        let g = layout(3, 6, false).unwrap();
+        assert!(g.iter().all(|g| g.honest == 2 && g.cheaters == 0 && g.tasks.len() == 1));
+        // Too few nodes or tasks: an error that says how many are needed.
+        let e = layout(8, 7, true).unwrap_err().to_string();
+        assert!(e.contains("needs 8"), "{e}");
+        assert!(layout(2, 8, true).unwrap_err().to_string().contains("at least 3 tasks"));
+    }
 }

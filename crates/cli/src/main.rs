@@ -596,15 +596,24 @@ pub struct DemoArgs {
     /// Run on this machine only: split and unsplit runs in one process, no network.
     #[arg(long)]
     pub local: bool,
-    /// Nodes to start (network mode).
-    #[arg(long, default_value_t = 4)]
+    /// Nodes to start (network mode): the tasks are cut into 3 groups of consecutive tasks,
+    /// each node gets the VRAM of one group and runs only it. At least 8 (6 with --no-cheater):
+    /// 2 per group, and the cheater's group also 2 honest judges for disputes.
+    #[arg(long, default_value_t = 8)]
     pub nodes: usize,
-    /// Inferences to run (network mode).
+    /// Inferences to run (network mode); the demo runs up to 10 more while the cheater has not
+    /// been drawn yet.
     #[arg(long, default_value_t = 3)]
     pub inferences: usize,
-    /// Challenge probability p of the demo network.
-    #[arg(long, default_value_t = 0.5)]
+    /// Challenge probability p of the demo network. The demo checks every result (1) so that
+    /// the cheater is caught the first time it runs or validates a task; a real network samples
+    /// (the default ledger uses 0.08).
+    #[arg(long, default_value_t = 1.0)]
     pub p: f64,
+    /// Start only honest nodes (network mode). By default one node of the middle group cheats:
+    /// it returns perturbed outputs, as asserter and as validator.
+    #[arg(long)]
+    pub no_cheater: bool,
 }
 
 impl Command {

@@ -829,6 +829,7 @@ pub fn status(a: StatusArgs) -> Result<i32> {
                     "validator": t.validator.map(|k| k.hex()),
                     "verdict": verdict(t),
                     "commitment": t.commitment.map(|h| splitup_protocol::crypto::to_hex(&h)),
+                    "excluded": t.excluded.iter().map(|k| k.hex()).collect::<Vec<_>>(),
                     "deadline_ms": t.deadline_ms,
                 })
             })
@@ -867,15 +868,29 @@ pub fn status(a: StatusArgs) -> Result<i32> {
                 t.timeouts.to_string(),
                 challenge(t),
                 verdict(t),
+                if t.excluded.is_empty() {
+                    "-".into()
+                } else {
+                    t.excluded.iter().map(short).collect::<Vec<_>>().join(",")
+                },
             ]
         })
         .collect();
     println!(
         "{}",
         table(
-            &["task", "state", "node", "attempts", "timeouts", "challenge", "verdict"],
+            &[
+                "task",
+                "state",
+                "node",
+                "attempts",
+                "timeouts",
+                "challenge",
+                "verdict",
+                "excluded"
+            ],
             &rows,
-            &[true, false, false, true, true, false, false]
+            &[true, false, false, true, true, false, false, false]
         )
     );
     Ok(0)

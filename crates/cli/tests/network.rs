@@ -661,14 +661,17 @@ fn a_ledger_killed_mid_execution_restarts_and_the_execution_completes() {
 }
 
 #[test]
-fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
+fn the_demo_spreads_tasks_over_nodes_catches_its_cheater_and_cleans_up() {
     let d = tempfile::tempdir().unwrap();
     let out = ok(bin()
         .args(["demo", "--inferences", "2", "-o"])
         .arg(d.path().join("demo"))
         .output()
         .unwrap());
-    assert_eq!(out.matches("equals the unsplit local run").count(), 2, "{out}");
+    // It runs 2 inferences, more only while the cheater has not been drawn.
+    let inferences = out.matches("\ninference ").count();
+    assert!(inferences >= 2, "{out}");
+    assert_eq!(out.matches("equals the unsplit local run").count(), inferences, "{out}");
     let tasks: usize = out
         .lines()
         .find(|l| l.contains("; largest needs"))
@@ -679,14 +682,28 @@ fn the_demo_runs_a_network_of_four_nodes_and_cleans_up() {
         .parse()
         .unwrap();
     assert!(tasks >= 4);
+    let nodes: Vec<&str> = out.lines().filter(|l| l.contains(" of VRAM runs task")).collect();
+    assert_eq!(nodes.len(), 8, "{out}");
+    assert_eq!(nodes.iter().filter(|l| l.contains("CHEATS")).count(), 1, "{out}");
+    // Every inference visits at least 3 different nodes.
+    for block in out.split("\ninference ").skip(1) {
+        let ran: std::collections::BTreeSet<&str> = block
+            .lines()
+            .filter_map(|l| l.split(" ran on ").nth(1))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(ran.len() >= 3, "tasks ran on {ran:?} only: {out}");
+    }
+    // The cheater is caught and slashed; nobody else is.
+    let cheater = out.lines().find(|l| l.contains("(the cheater)")).unwrap();
+    assert!(!cheater.contains("slashed   0.00 USDC"), "{out}");
     assert_eq!(
-        out.lines()
-            .filter(|l| l.contains("started, staked and pre-loaded"))
-            .count(),
-        4,
+        out.lines().filter(|l| l.contains("slashed   0.00 USDC")).count(),
+        7,
         "{out}"
     );
-    assert!(out.contains("fees: the user paid"), "{out}");
+    assert!(out.contains("was caught and slashed"), "{out}");
+    assert!(out.contains("the user paid"), "{out}");
     // -o keeps what its help says: the ledger's data, node keys, logs and
     // each inference's outputs.
     let kept = d.path().join("demo");

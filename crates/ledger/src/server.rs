@@ -768,6 +768,7 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
             validator_uris: r.validator_uris.clone(),
             committee: r.committee.clone(),
             voted: r.votes.keys().copied().collect(),
+            excluded: r.excluded.clone(),
             deadline_ms: r.deadline,
         })
         .collect();

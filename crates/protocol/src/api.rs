@@ -246,6 +246,10 @@ pub struct TaskView {
     pub committee: Vec<Pubkey>,
     #[serde(with = "hex_vec")]
     pub voted: Vec<Pubkey>,
+    /// Nodes no longer assigned this task in this execution: found
+    /// dishonest by a dispute, timed out, or unable to run it.
+    #[serde(with = "hex_vec", default)]
+    pub excluded: Vec<Pubkey>,
     /// The current deadline (result, validation, or dispute), ledger ms.
     pub deadline_ms: Millis,
 }
