@@ -41,6 +41,8 @@ fn spawn(children: &Children, args: &[&str], wait_for: &str, log: Option<std::pa
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .args(args)
+        // The demo reads the "ready" line from the log: keep it at info.
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;

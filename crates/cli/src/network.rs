@@ -31,6 +31,7 @@ pub fn operator_keys_beside(data: &std::path::Path) -> std::path::PathBuf {
 }
 
 pub fn ledger_start(a: LedgerStartArgs) -> Result<i32> {
+    crate::util::init_logging(crate::util::LogTo::Stderr);
     if !(0.0..=1.0).contains(&a.p) {
         bail!("--p must be between 0 and 1");
     }
@@ -1022,14 +1023,7 @@ pub fn node_start(a: NodeStartArgs) -> Result<i32> {
         delay: std::time::Duration::from_millis(a.delay_ms),
         metrics_listen: a.metrics_listen,
     };
-    splitup_node::daemon::run(&cfg, &stop, &|m| {
-        if json() {
-            let _ = emit(&json!({ "message": m }));
-        } else {
-            println!("{m}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        }
-    })?;
+    crate::util::init_logging(crate::util::LogTo::Stdout);
+    splitup_node::daemon::run(&cfg, &stop)?;
     Ok(0)
 }

@@ -407,3 +407,124 @@ mod tests {
         );
     }
 }
+
+/// Where log lines go: the original stdout in JSON mode (one JSON document
+/// per line, beside the command's own), else stdout (`node start`: the
+/// log is what it prints) or stderr (everything else).
+#[derive(Clone, Copy)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
+}
+
+/// A writer for one log line.
+pub struct LogLine(LogTo);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match (JSON_OUT.get(), self.0) {
+            (Some(f), _) => f.lock().unwrap_or_else(|e| e.into_inner()).write(buf),
+            (None, LogTo::Stdout) => std::io::stdout().lock().write(buf),
+            (None, LogTo::Stderr) => std::io::stderr().lock().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match (JSON_OUT.get(), self.0) {
+            (Some(f), _) => f.lock().unwrap_or_else(|e| e.into_inner()).flush(),
+            (None, LogTo::Stdout) => std::io::stdout().flush(),
+            (None, LogTo::Stderr) => std::io::stderr().flush(),
+        }
+    }
+}
+
+/// Logs through `tracing`: level `info` unless `RUST_LOG` says otherwise
+/// (`RUST_LOG=debug`, `RUST_LOG=splitup_node=debug,warn`, ...). A line
+/// carries the fields of the spans it is in (`node`, `execution`, `task`,
+/// `kind`); in JSON mode they are top-level fields of the line's document.
+pub fn init_logging(to: LogTo) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let make = move || LogLine(to);
+    let _ = if json() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(make)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(FlatJson)
+            .try_init()
+    } else {
+        let tty = match to {
+            LogTo::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            LogTo::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(make)
+            .with_ansi(tty)
+            .with_target(false)
+            .compact()
+            .try_init()
+    };
+}
+
+/// One JSON document per log line, flat: `time_ms`, `level`, `target`,
+/// `message`, the fields of the spans the event is in (outermost first)
+/// and the event's own fields.
+struct FlatJson;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for FlatJson
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use serde_json::{Map, Value};
+        let mut obj = Map::new();
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        obj.insert("time_ms".into(), ms.into());
+        obj.insert("level".into(), event.metadata().level().as_str().into());
+        obj.insert("target".into(), event.metadata().target().into());
+        for absent in ["node", "execution", "task", "kind"] {
+            obj.insert(absent.into(), Value::Null);
+        }
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(f) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>() {
+                    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&f.fields) {
+                        obj.extend(m);
+                    }
+                }
+            }
+        }
+        struct Fields<'a>(&'a mut Map<String, Value>);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.insert(f.name().into(), format!("{v:?}").into());
+            }
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                self.0.insert(f.name().into(), v.into());
+            }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                self.0.insert(f.name().into(), v.into());
+            }
+            fn record_i64(&mut self, f: &tracing::field::Field, v: i64) {
+                self.0.insert(f.name().into(), v.into());
+            }
+            fn record_bool(&mut self, f: &tracing::field::Field, v: bool) {
+                self.0.insert(f.name().into(), v.into());
+            }
+        }
+        event.record(&mut Fields(&mut obj));
+        // tracing records an absent Option field as nothing: keep the null.
+        writeln!(writer, "{}", Value::Object(obj))
+    }
+}

@@ -32,6 +32,7 @@ fn start_with(data: &Path, extra: &[&str]) -> Ledger {
         .arg(data)
         .args(extra)
         .stdout(Stdio::piped())
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();

@@ -37,6 +37,7 @@ fn command(data: &Path) -> Command {
 fn start(data: &Path) -> Ledger {
     let mut child = command(data)
         .stdout(Stdio::piped())
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();

@@ -1015,3 +1015,133 @@ fn with_storage_on_s3_the_run_is_correct_and_a_fetch_frees_the_tensors() {
         assert_eq!(object(w), 200, "the model's weights must stay");
     }
 }
+
+/// Collects a child's output lines as they come.
+fn collect(r: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+#[test]
+fn logs_name_the_execution_task_and_node_and_follow_rust_log() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // The ledger at the default level (info): one line per protocol event.
+    let mut ledger = bin()
+        .args([
+            "ledger",
+            "start",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--p",
+            "0",
+            "--data",
+        ])
+        .arg(dir.join("ledger"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(ledger.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let ledger_log = collect(ledger.stderr.take().unwrap());
+    let _ledger = Proc(ledger);
+    deploy_and_reference(dir, &url);
+    // A node logging JSON at the default level, and one told RUST_LOG=warn.
+    let start = |name: &str, json: bool, rust_log: Option<&str>| {
+        let key = format!("{name}.json");
+        fund_key(dir, &url, &key, 5000);
+        let mut c = bin();
+        c.args(["node", "start", "--ledger", &url, "--key", &key, "--vram", "8GiB"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if json {
+            c.arg("--json");
+        }
+        match rust_log {
+            Some(v) => c.env("RUST_LOG", v),
+            None => c.env_remove("RUST_LOG"),
+        };
+        let mut child = c.spawn().unwrap();
+        let lines = collect(child.stdout.take().unwrap());
+        (Proc(child), lines)
+    };
+    let (_a, a_log) = start("a", true, None);
+    let (_b, b_log) = start("b", false, Some("warn"));
+    wait_for(60, "both nodes to register", || {
+        get(&url, "/v1/nodes").as_array().map(|n| n.len()) == Some(2)
+    });
+    let a = pubkey(dir, "a");
+    // Work until node a has run a task.
+    let mut ran = None;
+    for _ in 0..10 {
+        let id = submit(dir, &url);
+        wait_for(60, "the execution", || {
+            get(&url, &format!("/v1/executions/{id}"))["status"] != "InProgress"
+        });
+        let e = get(&url, &format!("/v1/executions/{id}"));
+        if let Some(t) = e["tasks"].as_array().unwrap().iter().find(|t| t["node"] == a.as_str()) {
+            ran = Some((id, t["task"].as_u64().unwrap()));
+            break;
+        }
+    }
+    let (id, task) = ran.expect("node a ran no task in 10 executions");
+    // Node a: every line a JSON document naming the node; its compute line
+    // names the execution and task as fields.
+    wait_for(30, "node a to log its result", || {
+        a_log.lock().unwrap().iter().any(|l| l.contains("submitted"))
+    });
+    let docs: Vec<serde_json::Value> = a_log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for doc in &docs {
+        assert_eq!(doc["node"], a.as_str(), "{doc}");
+        assert!(
+            doc["level"].is_string() && doc["time_ms"].is_u64() && doc["message"].is_string(),
+            "{doc}"
+        );
+    }
+    assert!(docs
+        .iter()
+        .any(|d| d["message"].as_str().unwrap().contains("registered")));
+    assert!(
+        docs.iter().any(|d| d["kind"] == "compute"
+            && d["execution"] == id
+            && d["task"] == task
+            && d["message"].as_str().unwrap().contains("submitted")),
+        "no compute line for execution {id} task {task}: {docs:#?}"
+    );
+    // Node b, at warn, logged nothing at info (not even its registration).
+    assert!(
+        !b_log.lock().unwrap().iter().any(|l| l.contains("INFO")),
+        "{:?}",
+        b_log.lock().unwrap()
+    );
+    // The ledger: the assignment to node a, with its ids as fields.
+    let assigned = format!("execution={id} task={task} node={a}");
+    wait_for(10, "the ledger's assignment line", || {
+        ledger_log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("Assigned") && l.contains(&assigned))
+    });
+}

@@ -90,7 +90,7 @@ fn loads(task: usize, t: &TaskDef, joined: &[u8], cmd: &WorkerCommand) -> Result
         Ok(()) => Ok(()),
         Err(e) if e.is_task_fault() => Err(format!("task {task}: does not load: {e}")),
         Err(e) => {
-            eprintln!("warning: registration: task {task} not load-tested: {e}");
+            tracing::warn!("registration: task {task} not load-tested: {e}");
             Ok(())
         }
     }

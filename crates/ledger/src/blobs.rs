@@ -494,7 +494,7 @@ pub(crate) async fn collect(state: &Shared, retention_ms: Millis) {
             }
             Ok(Some(_)) => remove(state, &h).await,
             Ok(None) => {}
-            Err(e) => eprintln!("warning: garbage collection: {e}"),
+            Err(e) => tracing::warn!("garbage collection: {e}"),
         }
     }
     let n = {
@@ -509,7 +509,7 @@ pub(crate) async fn collect(state: &Shared, retention_ms: Millis) {
 
 async fn remove(state: &Shared, h: &str) {
     if let Err(e) = state.blobs.remove(h).await {
-        eprintln!("warning: garbage collection: {e}");
+        tracing::warn!("garbage collection: {e}");
     }
 }
 
@@ -523,7 +523,7 @@ async fn sweep(state: &Shared, keep: &HashSet<String>, now: Millis) {
             Ok((h, t)) if !keep.contains(&h) && t.saturating_add(ttl) <= now => orphans.push(h),
             Ok(_) => {}
             Err(e) => {
-                eprintln!("warning: garbage collection: listing the store: {e}");
+                tracing::warn!("garbage collection: listing the store: {e}");
                 return;
             }
         }
@@ -532,7 +532,7 @@ async fn sweep(state: &Shared, keep: &HashSet<String>, now: Millis) {
         remove(state, &h).await;
     }
     if let Err(e) = state.blobs.sweep_uploads(STALE_UPLOAD).await {
-        eprintln!("warning: garbage collection: {e}");
+        tracing::warn!("garbage collection: {e}");
     }
 }
 

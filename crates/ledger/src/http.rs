@@ -380,9 +380,10 @@ pub async fn serve_with_limits(
     } else {
         nofile.to_string()
     };
-    eprintln!(
-        "ledger: serving at most {cap} connections (open-file limit {nofile_text}); header timeout {:?}, idle timeout {:?}",
-        limits.header_timeout, limits.idle_timeout
+    tracing::info!(
+        "serving at most {cap} connections (open-file limit {nofile_text}); header timeout {:?}, idle timeout {:?}",
+        limits.header_timeout,
+        limits.idle_timeout
     );
     let shared = Arc::new(Shared {
         ms: Ms::of(&limits),
@@ -438,7 +439,7 @@ pub async fn serve_with_limits(
                 }
                 // Out of descriptors (or worse): free one if we can and retry shortly.
                 if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    eprintln!("warning: accepting a connection: {e}");
+                    tracing::warn!("accepting a connection: {e}");
                     last_accept_error = Some(tokio::time::Instant::now());
                 }
                 let pause = if shared.shed_one() { 10 } else { 100 };

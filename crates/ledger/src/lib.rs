@@ -6,6 +6,7 @@
 
 pub mod admit;
 pub mod blobs;
+pub mod events;
 pub mod head;
 pub mod http;
 pub mod keys;

@@ -547,22 +547,22 @@ impl Log {
             let seq: i64 = r.get(0)?;
             let (ValueRef::Integer(now), ValueRef::Blob(body), chain) = (r.get_ref(1)?, r.get_ref(2)?, r.get_ref(3)?)
             else {
-                eprintln!("warning: snapshot at log entry {seq} is not in the stored form; skipped");
+                tracing::warn!("snapshot at log entry {seq} is not in the stored form; skipped");
                 continue;
             };
             if seq < 0 || seq > self.last {
-                eprintln!(
-                    "warning: snapshot at log entry {seq} is past the log's last entry {}; skipped",
+                tracing::warn!(
+                    "snapshot at log entry {seq} is past the log's last entry {}; skipped",
                     self.last
                 );
                 continue;
             }
             match self.chain_at(seq) {
                 Ok(c) if matches!(chain, ValueRef::Blob(b) if b == c) => out.push((seq, now as Millis, body.to_vec())),
-                Ok(_) => eprintln!(
-                    "warning: snapshot at log entry {seq} does not match the log's hash chain at that entry; skipped"
+                Ok(_) => tracing::warn!(
+                    "snapshot at log entry {seq} does not match the log's hash chain at that entry; skipped"
                 ),
-                Err(e) => eprintln!("warning: snapshot at log entry {seq}: {e}; skipped"),
+                Err(e) => tracing::warn!("snapshot at log entry {seq}: {e}; skipped"),
             }
         }
         Ok(out)

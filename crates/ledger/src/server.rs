@@ -140,8 +140,8 @@ fn restore_state(
                 start = Some((seq, now, l));
                 break;
             }
-            Ok(_) => eprintln!("warning: snapshot at log entry {seq} belongs to another genesis; skipped"),
-            Err(e) => eprintln!("warning: snapshot at log entry {seq}: {e}; skipped"),
+            Ok(_) => tracing::warn!("snapshot at log entry {seq} belongs to another genesis; skipped"),
+            Err(e) => tracing::warn!("snapshot at log entry {seq}: {e}; skipped"),
         }
     }
     let (after, mut last_now, mut ledger) = start.unwrap_or((0, 0, genesis_ledger));
@@ -311,7 +311,7 @@ impl Core {
             }
             Err(err) => {
                 // The state is ahead of the log; the log is the truth. Restart rebuilds it.
-                eprintln!("fatal: cannot make an accepted instruction durable: {err}");
+                tracing::error!("cannot make an accepted instruction durable: {err}");
                 std::process::abort();
             }
         }
@@ -338,7 +338,7 @@ impl Core {
             .save_snapshot(self.last_seq, self.last_now, &self.ledger.snapshot())
         {
             Ok(()) => self.since_snapshot = 0,
-            Err(e) => eprintln!("warning: snapshot at log entry {} not stored: {e}", self.last_seq),
+            Err(e) => tracing::warn!("snapshot at log entry {} not stored: {e}", self.last_seq),
         }
     }
 
@@ -355,6 +355,7 @@ impl Core {
         let seq = self.durable(&Entry::Tx { now, tx: Box::new(tx) });
         self.changes.send_modify(|v| *v += 1);
         let events = self.ledger.poll_events();
+        crate::events::log(&events);
         Ok((seq, events))
     }
 
@@ -375,7 +376,7 @@ impl Core {
         self.ledger.tick(now, &self.beacon);
         self.durable(&Entry::Tick { now });
         self.changes.send_modify(|v| *v += 1);
-        self.ledger.poll_events();
+        crate::events::log(&self.ledger.poll_events());
     }
 
     fn sign(&self, key: &Keypair, ix: Instruction) -> SignedTx {
@@ -481,10 +482,10 @@ async fn with_core(
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
-                eprintln!("error: the rules panicked on a request ({what}); rebuilding the state from the log");
+                tracing::error!("the rules panicked on a request ({what}); rebuilding the state from the log");
                 if let Err(e) = core.rebuild() {
                     // The state in memory cannot be trusted and cannot be rebuilt: stop.
-                    eprintln!("fatal: cannot rebuild the state from the log: {e}");
+                    tracing::error!("cannot rebuild the state from the log: {e}");
                     std::process::abort();
                 }
                 Err(Internal(format!(

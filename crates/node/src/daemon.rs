@@ -151,7 +151,7 @@ impl Cache {
     /// one (`None`). Waits while this task's worker, or the room it needs,
     /// is in use (at most as long as the tasks using them may run); `Err`
     /// when `abort` holds meanwhile.
-    fn take(&self, key: Key, need: u64, abort: &dyn Fn() -> bool, log: &dyn Fn(String)) -> Result<Option<Worker>, ()> {
+    fn take(&self, key: Key, need: u64, abort: &dyn Fn() -> bool) -> Result<Option<Worker>, ()> {
         let mut s = lock(&self.slots);
         loop {
             if abort() {
@@ -180,10 +180,13 @@ impl Cache {
                     if let Some(v) = s.map.remove(&victim) {
                         s.used -= v.need;
                     }
-                    log(format!(
+                    tracing::info!(
                         "unloaded model {} task {} (least recently used) to make room for model {} task {}",
-                        victim.0, victim.1, key.0, key.1
-                    ));
+                        victim.0,
+                        victim.1,
+                        key.0,
+                        key.1
+                    );
                 }
                 if s.used + need <= self.capacity || s.map.is_empty() {
                     s.used += need;
@@ -283,7 +286,6 @@ struct Node<'a> {
     stop: &'a AtomicBool,
     /// Why the daemon must stop at once (another process signs with its key).
     fatal: Mutex<Option<String>>,
-    log: &'a (dyn Fn(String) + Sync),
 }
 
 fn local_ms() -> i128 {
@@ -311,7 +313,7 @@ impl Node<'_> {
             if let Some(f) = e.downcast_ref::<ForeignSigner>() {
                 let mut fatal = lock(&self.fatal);
                 if fatal.is_none() {
-                    (self.log)(format!("{f}; stopping"));
+                    tracing::warn!("{f}; stopping");
                     *fatal = Some(f.to_string());
                 }
             }
@@ -480,7 +482,7 @@ fn gib(bytes: u64) -> String {
 /// Identifies one item of work: (execution, task, kind, attempt).
 type WorkKey = (u64, u32, WorkKind, u32);
 
-pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Result<()> {
+pub fn run(cfg: &Config, stop: &AtomicBool) -> Result<()> {
     // One daemon per key: a lock next to the key file catches a second one
     // on this machine at once; the nonce guard catches any other signer
     // (a copy of the key elsewhere) at the daemon's next instruction.
@@ -489,14 +491,16 @@ pub fn run(cfg: &Config, stop: &AtomicBool, log: &(dyn Fn(String) + Sync)) -> Re
         Err(e) if e.downcast_ref::<AnotherDaemon>().is_some() => return Err(e),
         // A read-only key location (a mounted secret) cannot hold the lock.
         Err(e) => {
-            log(format!(
-                "{e:#}; only the nonce check will notice another daemon on this key"
-            ));
+            tracing::warn!("{e:#}; only the nonce check will notice another daemon on this key");
             None
         }
     };
     let c = Client::with_store(&cfg.ledger, cfg.store.as_deref())?.signed_by(cfg.key.clone());
     let me = cfg.key.pubkey();
+    // Every line this daemon logs names the node (and, while it works on
+    // an item, the execution and task: see `handle`).
+    let span = tracing::info_span!("node", node = %me.hex());
+    let _in_node = span.enter();
     c.guard_nonces(&me);
     let genesis: GenesisView = c.get_as("/v1/genesis")?;
     let p = &genesis.params;
@@ -558,11 +562,10 @@ fund it first (`splitup faucet` on a development network, a transfer otherwise);
         clock_offset_ms,
         stop,
         fatal: Mutex::new(None),
-        log,
     };
     if let Some(addr) = cfg.metrics_listen {
         let bound = crate::metrics::serve(addr, node.metrics.clone())?;
-        log(format!("metrics at http://{bound}/metrics"));
+        tracing::info!("metrics at http://{bound}/metrics");
     }
     // Choose and pre-load before registering, so the node never claims what
     // it cannot run; later models are picked up while it runs.
@@ -595,10 +598,10 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
         );
     }
     if supports.is_empty() && skipped == 0 {
-        log("no active model on this ledger yet: this node will load models as they are deployed (`splitup models` lists them)".into());
+        tracing::info!("no active model on this ledger yet: this node will load models as they are deployed (`splitup models` lists them)");
     }
     let (loaded, used) = node.cache.usage();
-    log(format!(
+    tracing::info!(
         "node {} pre-loaded {} of {} task{} ({} of {} bytes)",
         me.hex(),
         loaded,
@@ -606,7 +609,7 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
         if supports.len() == 1 { "" } else { "s" },
         used,
         cfg.vram
-    ));
+    );
     node.send(Instruction::RegisterNode {
         vram: cfg.vram,
         supports: supports.clone(),
@@ -614,13 +617,13 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
     if need > 0 {
         node.send(Instruction::Stake { amount: need })?;
     }
-    log(format!(
+    tracing::info!(
         "node {} registered with {} USDC staked, supporting {} task{}",
         me.hex(),
         stake as f64 / 1e6,
         supports.len(),
         if supports.len() == 1 { "" } else { "s" }
-    ));
+    );
     // Heartbeat three times per period the network expects.
     let period = Duration::from_millis(p.heartbeat_ms / 3).min(cfg.heartbeat_every);
     // Work items run on their own threads, at most as many as the ledger
@@ -634,8 +637,15 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
     let in_flight: Mutex<HashSet<WorkKey>> = Mutex::new(HashSet::new());
     let retry = AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| heartbeats(&node, period));
-        s.spawn(|| follow_models(&node));
+        let span = &span;
+        s.spawn(|| {
+            let _in_node = span.enter();
+            heartbeats(&node, period)
+        });
+        s.spawn(|| {
+            let _in_node = span.enter();
+            follow_models(&node)
+        });
         // The ledger's state version last seen: the next read of the work
         // list waits (long-polls) until the state moves past it.
         let mut seen: Option<u64> = None;
@@ -648,7 +658,7 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
                 }
                 // The ledger may be down (restarting): log, wait, retry.
                 Err(err) => {
-                    log(format!("ledger unreachable or refused: {err:#}; retrying"));
+                    tracing::warn!("ledger unreachable or refused: {err:#}; retrying");
                     seen = None;
                     std::thread::sleep(Duration::from_secs(1));
                     continue;
@@ -673,6 +683,7 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
                 }
                 let (node, done, in_flight, retry) = (&node, &done, &in_flight, &retry);
                 s.spawn(move || {
+                    let _in_node = span.enter();
                     let finished = handle(node, &w);
                     if finished {
                         lock(done).insert(key);
@@ -699,15 +710,15 @@ Nothing was registered or staked; give it more --vram, or --stake-idle to stake 
     match node.send(Instruction::Leave) {
         Ok(events) => {
             let n = events.iter().filter(|e| e.get("Released").is_some()).count();
-            log(format!(
+            tracing::info!(
                 "node {} stopping: finished the work in hand, handed back {n} assignments",
                 me.hex()
-            ));
+            );
         }
-        Err(err) => log(format!(
+        Err(err) => tracing::warn!(
             "node {} stopping; could not tell the ledger ({err:#}): its assignments will time out",
             me.hex()
-        )),
+        ),
     }
     Ok(())
 }
@@ -726,7 +737,6 @@ pub const MODELS_EVERY: Duration = Duration::from_secs(2);
 /// logged and the model retried next round.
 fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
     let cfg = node.cfg;
-    let log = node.log;
     let models: Vec<ModelSummary> = node.c.get_as("/v1/models")?;
     let wanted = |id: u64| cfg.specialise.is_empty() || cfg.specialise.iter().any(|(s, _)| *s == id);
     let active: BTreeSet<u64> = models
@@ -740,9 +750,7 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
         lock(&node.defs).remove(m);
         lock(&node.supports).retain(|(x, _)| x != m);
         node.cache.forget_model(*m);
-        log(format!(
-            "model {m} was deactivated: unloaded its tasks and no longer supports it"
-        ));
+        tracing::info!("model {m} was deactivated: unloaded its tasks and no longer supports it");
         changed = true;
     }
     // Candidates among the new models: (nodes supporting it, recent executions, vram, model, task).
@@ -768,10 +776,10 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
         }
         if fits.is_empty() {
             let smallest = view.def.tasks.iter().map(|t| t.vram).min().unwrap_or(0);
-            log(format!(
+            tracing::info!(
                 "model {id} ({:?}): no task fits in this node's {} bytes (its smallest needs {smallest}); not supporting it",
                 view.def.name, cfg.vram
-            ));
+            );
             lock(&node.skipped).insert(id);
             continue;
         }
@@ -806,10 +814,7 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
                 ));
             }
             Err(Failure::Task(why)) => {
-                log(format!(
-                    "skipping model {m} ({:?}): it cannot run here: {why}",
-                    def.name
-                ));
+                tracing::warn!("skipping model {m} ({:?}): it cannot run here: {why}", def.name);
                 failed.insert(m);
                 lock(&node.skipped).insert(m);
             }
@@ -818,15 +823,15 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
                     .chain()
                     .any(|c| matches!(c.downcast_ref(), Some(splitup_store::StoreError::Missing(_))));
                 if missing {
-                    log(format!(
+                    tracing::info!(
                         "skipping model {m} ({:?}): task {t}'s files are not in the store: {e:#}",
                         def.name
-                    ));
+                    );
                     lock(&node.skipped).insert(m);
                 } else if first {
                     return Err(e.context(format!("model {m} task {t}")));
                 } else {
-                    log(format!("model {m} task {t}: cannot load now ({e:#}); retrying later"));
+                    tracing::warn!("model {m} task {t}: cannot load now ({e:#}); retrying later");
                 }
                 failed.insert(m);
             }
@@ -840,7 +845,7 @@ fn specialise(node: &Node<'_>, first: bool) -> Result<bool> {
             continue;
         }
         for (_, t, why) in chosen.iter().filter(|(x, _, _)| *x == m) {
-            log(format!("model {m} ({:?}) task {t}: supporting, {why}", view.def.name));
+            tracing::info!("model {m} ({:?}) task {t}: supporting, {why}", view.def.name);
             lock(&node.supports).insert((m, *t));
         }
         lock(&node.defs).insert(m, Arc::new(view.def));
@@ -868,11 +873,11 @@ fn follow_models(node: &Node<'_>) {
                         vram: node.cfg.vram,
                         supports,
                     }) {
-                        Ok(_) => (node.log)(format!("now supporting {}", plural(n, "task"))),
-                        Err(e) => (node.log)(format!("could not tell the ledger what it supports: {e:#}")),
+                        Ok(_) => tracing::info!("now supporting {}", plural(n, "task")),
+                        Err(e) => tracing::warn!("could not tell the ledger what it supports: {e:#}"),
                     }
                 }
-                Err(e) => (node.log)(format!("could not list models: {e:#}; retrying")),
+                Err(e) => tracing::warn!("could not list models: {e:#}; retrying"),
             }
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -893,7 +898,7 @@ fn heartbeats(node: &Node<'_>, period: Duration) {
                 Ok(_) => next = Instant::now() + period,
                 Err(err) => {
                     if !node.stopping() {
-                        (node.log)(format!("heartbeat failed: {err:#}; retrying"));
+                        tracing::warn!("heartbeat failed: {err:#}; retrying");
                     }
                     next = Instant::now() + period.min(Duration::from_secs(1));
                 }
@@ -909,17 +914,17 @@ const WORK_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// Does one item of work; returns whether it is finished with (false: retry it).
 fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
-    let log = node.log;
     let (e, m, t, kind) = (w.execution, w.model, w.task, w.kind);
+    let _work = tracing::info_span!("work", %kind, execution = e, task = t).entered();
     let Some(def) = node.def(m) else {
-        log(format!("assigned model {m} task {t}, which this node does not support"));
+        tracing::info!("assigned model {m} task {t}, which this node does not support");
         return true;
     };
     let def = &*def;
     let td = match task_def(def, t) {
         Ok(td) => td,
         Err(why) => {
-            log(format!("{kind} execution {e}: {why}"));
+            tracing::info!("{kind} execution {e}: {why}");
             return true;
         }
     };
@@ -967,13 +972,11 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
             match sent {
                 Ok(_) => {
                     node.metrics.count(kind, "submitted");
-                    log(format!("{kind} execution {e} task {t}: submitted {}", &blob[..16]))
+                    tracing::info!("{kind} execution {e} task {t}: submitted {}", &blob[..16])
                 }
                 Err(err) => {
                     node.metrics.count(kind, "refused");
-                    log(format!(
-                        "{kind} execution {e} task {t}: the ledger refused the result: {err:#}"
-                    ))
+                    tracing::warn!("{kind} execution {e} task {t}: the ledger refused the result: {err:#}")
                 }
             }
             true
@@ -987,15 +990,13 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
                     reason: reason.clone(),
                 }) {
                     Ok(_) => {
-                        log(format!(
-                            "compute execution {e} task {t}: cannot run here, reported: {reason}"
-                        ));
+                        tracing::warn!("compute execution {e} task {t}: cannot run here, reported: {reason}");
                         true
                     }
                     Err(err) => {
-                        log(format!(
+                        tracing::warn!(
                             "compute execution {e} task {t}: cannot run here ({reason}); the report failed: {err:#}"
-                        ));
+                        );
                         false
                     }
                 }
@@ -1003,9 +1004,9 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
             // A validator cannot hand a challenge back: the ledger's
             // validator timeout gives it to another, or to the committee.
             WorkKind::Validate | WorkKind::Judge => {
-                log(format!(
+                tracing::warn!(
                     "validate execution {e} task {t}: cannot run here: {why}; leaving it to another validator"
-                ));
+                );
                 true
             }
         },
@@ -1013,7 +1014,7 @@ fn handle(node: &Node<'_>, w: &WorkItem) -> bool {
             node.metrics.count(kind, "retry");
             // Often passing (an upstream result being recomputed): retry at the
             // next poll while the ledger still lists the work; its deadline bounds this.
-            log(format!("{kind} execution {e} task {t} failed: {err:#}; will retry"));
+            tracing::warn!("{kind} execution {e} task {t} failed: {err:#}; will retry");
             false
         }
     }
@@ -1040,7 +1041,7 @@ fn compute(node: &Node<'_>, w: &WorkItem, def: &ModelDef, td: &TaskDef) -> Resul
     let worker = node
         .cache
         // Work in hand is finished on SIGTERM: only a foreign signer aborts it.
-        .take((m, t), td.vram, &|| lock(&node.fatal).is_some(), node.log)
+        .take((m, t), td.vram, &|| lock(&node.fatal).is_some())
         .map_err(|()| transient(anyhow::anyhow!("stopping")))?;
     let mut worker = match worker {
         Some(w) => w,
@@ -1206,7 +1207,7 @@ pub fn verdict(
 fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
     let (e, t) = (w.execution, w.task);
     if node.cfg.fault == Fault::Absent {
-        (node.log)(format!("judge execution {e} task {t}: staying away"));
+        tracing::info!("judge execution {e} task {t}: staying away");
         return true;
     }
     let (asserter_honest, validator_honest) = match recompute(
@@ -1220,7 +1221,7 @@ fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
     ) {
         Ok(v) => v,
         Err(err) => {
-            (node.log)(format!("judge execution {e} task {t}: cannot re-execute: {err:#}"));
+            tracing::warn!("judge execution {e} task {t}: cannot re-execute: {err:#}");
             (None, None)
         }
     };
@@ -1232,15 +1233,15 @@ fn judge(node: &Node<'_>, w: &WorkItem) -> bool {
     }) {
         Ok(_) => {
             node.metrics.count(WorkKind::Judge, "voted");
-            (node.log)(format!(
+            tracing::info!(
                 "judge execution {e} task {t}: voted asserter {}, validator {}",
                 verdict_word(asserter_honest),
                 verdict_word(validator_honest)
-            ))
+            )
         }
         Err(err) => {
             node.metrics.count(WorkKind::Judge, "refused");
-            (node.log)(format!("judge execution {e} task {t}: the vote was refused: {err:#}"))
+            tracing::warn!("judge execution {e} task {t}: the vote was refused: {err:#}")
         }
     }
     true
@@ -1260,7 +1261,6 @@ fn verdict_word(v: Option<bool>) -> &'static str {
 /// (the bytes do not produce the seal); the validator is replaced unpaid.
 fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
     let (e, t) = (w.execution, w.task);
-    let log = node.log;
     let claimed = node
         .c
         .get_as::<ExecutionView>(&format!("/v1/executions/{e}"))
@@ -1270,12 +1270,10 @@ fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
         return false;
     };
     match node.c.get_blob(&hex(&claimed)) {
-        Ok(_) => log(format!(
-            "lazy validate execution {e} task {t}: read the checked result before sealing"
-        )),
-        Err(err) => log(format!(
-            "lazy validate execution {e} task {t}: cannot read the result before sealing: {err:#}"
-        )),
+        Ok(_) => tracing::info!("lazy validate execution {e} task {t}: read the checked result before sealing"),
+        Err(err) => {
+            tracing::warn!("lazy validate execution {e} task {t}: cannot read the result before sealing: {err:#}")
+        }
     }
     let seal = splitup_protocol::crypto::validation_seal(&node.cfg.key.pubkey(), e, t, b"not computed");
     if let Err(err) = node.send(Instruction::SubmitValidation {
@@ -1283,7 +1281,7 @@ fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
         task: t,
         seal,
     }) {
-        log(format!("lazy validate execution {e} task {t}: seal refused: {err:#}"));
+        tracing::warn!("lazy validate execution {e} task {t}: seal refused: {err:#}");
         return true;
     }
     let uri = node.c.blob_uri(&hex(&claimed));
@@ -1293,12 +1291,8 @@ fn lazy_validate(node: &Node<'_>, w: &WorkItem) -> bool {
         commitment: claimed,
         output_uris: vec![uri],
     }) {
-        Ok(_) => log(format!(
-            "lazy validate execution {e} task {t}: the copied reveal was accepted"
-        )),
-        Err(err) => log(format!(
-            "lazy validate execution {e} task {t}: the copied reveal was refused: {err:#}"
-        )),
+        Ok(_) => tracing::info!("lazy validate execution {e} task {t}: the copied reveal was accepted"),
+        Err(err) => tracing::warn!("lazy validate execution {e} task {t}: the copied reveal was refused: {err:#}"),
     }
     true
 }

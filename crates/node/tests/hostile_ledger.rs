@@ -190,7 +190,7 @@ proptest! {
         let (tx, rx) = std::sync::mpsc::channel();
         let flag = stop.clone();
         std::thread::spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cfg, &flag, &|_| {})));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cfg, &flag)));
             let _ = tx.send(r.map(|r| r.err().map(|e| format!("{e:#}"))));
         });
         std::thread::sleep(Duration::from_millis(1500));

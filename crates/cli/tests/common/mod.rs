@@ -51,6 +51,8 @@ pub fn start_ledger_env(dir: &Path, listen: &str, extra: &[&str], env: &[(&str, 
         .arg(dir.join("ledger"))
         .args(p)
         .args(extra)
+        // Its log (stderr, shared with the test's) at warn unless asked.
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .spawn()
