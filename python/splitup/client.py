@@ -24,22 +24,36 @@ binary too, not through the ledger's HTTP API with ``urllib``, because:
 The cost is one short process per call (milliseconds), which is small next
 to a network execution.
 
+Commands that sign an instruction (``deploy``, ``submit``, ``fetch``, which
+acknowledges, ``undeploy``) are serialised per key file: the binary reads
+the key's nonce from the ledger and then sends the instruction, so two at
+once with one key would sign the same nonce and one would be refused
+(``409 Conflict: nonce … is not the signer's next nonce``). Threads of one
+process share a lock per key file, and processes share an advisory lock
+on a file beside the key (``.KEYFILE.lock``, ``fcntl.flock``); waiting for
+an execution holds neither, so concurrent :meth:`Client.run` calls overlap.
+
 Tensors cross as ``.npy`` files in a private temporary directory that is
 removed when the call returns, whether it succeeded or not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
-import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: threads are still serialised, processes are not
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -64,15 +78,14 @@ DEPLOY_TIMEOUT = 3600.0
 """Seconds ``deploy`` may take: partitioning, calibration and upload of a large model."""
 
 RUN_TIMEOUT = 600.0
-"""Seconds ``run`` and ``wait`` wait for an execution by default (the binary's ``submit --timeout``)."""
+"""Seconds ``run`` and ``wait`` wait for an execution by default (as ``splitup submit --wait``)."""
 
-FETCH_GRACE = 120.0
-"""Seconds the binary is given beyond ``run``'s timeout to download the outputs once done."""
+POLL_FIRST = 0.05
+"""Seconds before ``wait``'s second look at an execution; each next wait is 1.5 times longer, up to ``poll_interval``."""
 
-# The binary's own words for a wait that ran out and an execution that
-# failed (crates/cli/src/network.rs, `submit`): turned into typed errors.
-_TIMED_OUT = re.compile(r"execution (\d+) did not finish within")
-_FAILED = re.compile(r"execution (\d+) failed: (.*)")
+# One lock per key file (its real path), shared by every Client in this process.
+_key_locks: Dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
 
 
 def find_binary(binary: Optional[PathLike] = None) -> str:
@@ -117,11 +130,10 @@ def _error_message(stderr: str, returncode: int) -> str:
     return f"splitup exited with code {returncode} and said nothing"
 
 
-def _seconds(timeout: float, what: str) -> int:
-    """A wait in whole seconds for the binary's ``--timeout`` (at least 1)."""
-    if not timeout > 0:
+def _positive(timeout: float, what: str) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"{what} must be a positive number of seconds, not {timeout!r}")
-    return max(1, math.ceil(timeout))
+    return float(timeout)
 
 
 class Client:
@@ -202,10 +214,14 @@ class Client:
         positionals: Sequence[str] = (),
         *,
         keyed: bool = False,
+        signs: bool = False,
         ledger: bool = True,
         timeout: Optional[float] = None,
     ) -> Dict[str, Any]:
         """Runs ``splitup COMMAND OPTIONS --json -- POSITIONALS``; returns its JSON document.
+
+        ``keyed``: pass the key. ``signs``: the command signs an instruction
+        with it, so it runs holding the key's lock (see the module's notes).
 
         Raises :class:`SplitUpError` when it exits non-zero (the binary's
         message), :class:`SplitUpTimeout` when it runs past ``timeout`` (it
@@ -216,24 +232,25 @@ class Client:
             argv += ["--", *positionals]
         limit = self.timeout if timeout is None else timeout
         env = {**os.environ, **self.env}
-        try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                timeout=limit,
-            )
-        except subprocess.TimeoutExpired as e:
-            stderr = (e.stderr or b"").decode("utf-8", "replace")
-            raise SplitUpTimeout(
-                f"`splitup {' '.join(command)}` did not finish within {limit} s and was stopped",
-                stderr=stderr,
-                command=argv,
-            ) from None
-        except OSError as e:
-            raise BinaryNotFoundError(f"cannot run {self.binary!r}: {e}; {BUILD_HINT}", command=argv) from e
+        with self._signing() if signs else contextlib.nullcontext():
+            try:
+                done = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                    timeout=limit,
+                )
+            except subprocess.TimeoutExpired as e:
+                stderr = (e.stderr or b"").decode("utf-8", "replace")
+                raise SplitUpTimeout(
+                    f"`splitup {' '.join(command)}` did not finish within {limit:g} s and was stopped",
+                    stderr=stderr,
+                    command=argv,
+                ) from None
+            except OSError as e:
+                raise BinaryNotFoundError(f"cannot run {self.binary!r}: {e}; {BUILD_HINT}", command=argv) from e
         stderr = done.stderr.decode("utf-8", "replace")
         if done.returncode != 0:
             raise SplitUpError(_error_message(stderr, done.returncode), done.returncode, stderr, argv)
@@ -250,6 +267,43 @@ class Client:
         if not isinstance(doc, dict):
             raise SplitUpError(f"`splitup {' '.join(command)} --json` printed {out[:500]!r}, not an object")
         return doc
+
+    def _key_file(self) -> Optional[str]:
+        """The real path of the key file the binary signs with (``None`` if it has none)."""
+        if self.key is not None:
+            return os.path.realpath(self.key)
+        try:
+            return os.path.realpath(self._call(["keys", "show"], keyed=True, ledger=False)["path"])
+        except SplitUpError:
+            return None  # the signing command will say what is wrong with the key
+
+    @contextlib.contextmanager
+    def _signing(self) -> Iterator[None]:
+        """Holds the key's lock: this process's for the key file, then the advisory file lock beside it."""
+        path = self._key_file()
+        if path is None:
+            yield
+            return
+        with _key_locks_guard:
+            lock = _key_locks.setdefault(path, threading.Lock())
+        with lock:
+            lock_file = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+            handle = None
+            if fcntl is not None:
+                try:
+                    handle = open(lock_file, "a")
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                except OSError:
+                    # A read-only directory, a file system without locks:
+                    # threads are still serialised, processes are not.
+                    if handle is not None:
+                        handle.close()
+                    handle = None
+            try:
+                yield
+            finally:
+                if handle is not None:
+                    handle.close()  # releases the flock
 
     # -- keys and money ---------------------------------------------------------
 
@@ -337,7 +391,7 @@ class Client:
                 else:
                     file = _write_npy(Path(tmp) / f"calibration{i}.npy", value, name)
                 options.append(f"--calibration-input={_name(name, 'calibration_inputs')}={file}")
-            doc = self._call(["deploy"], options, [model], keyed=True, timeout=timeout)
+            doc = self._call(["deploy"], options, [model], keyed=True, signs=True, timeout=timeout)
         return int(doc["model"])
 
     def models(self) -> List[Dict[str, Any]]:
@@ -349,7 +403,7 @@ class Client:
 
         Returns ``{"model", "name", "active", "was_active", "executions_in_progress"}``.
         """
-        return self._call(["undeploy"], positionals=[str(_whole(model_id, "model_id"))], keyed=True)
+        return self._call(["undeploy"], positionals=[str(_whole(model_id, "model_id"))], keyed=True, signs=True)
 
     def nodes(self) -> List[Dict[str, Any]]:
         """Every node the ledger knows (key, VRAM, stake, status, the tasks it supports …)."""
@@ -364,60 +418,39 @@ class Client:
         *,
         timeout: float = RUN_TIMEOUT,
         priority: int = 0,
-        keep: bool = False,
     ) -> Dict[str, np.ndarray]:
         """Runs a deployed model on the network and returns its outputs by name.
 
-        Submits the inputs, waits until every task has completed, downloads
-        the outputs and acknowledges them (so the network deletes the
-        execution's tensors; ``keep=True`` leaves them for the ledger's
-        retention time). Costs this key the execution's fee.
+        :meth:`submit`, then :meth:`wait` until every task has completed,
+        then :meth:`fetch`, which downloads the outputs and acknowledges
+        them (so the network deletes the execution's tensors). Costs this
+        key the execution's fee. Safe to call from several threads at once.
 
         Args:
             model_id: the id :meth:`deploy` returned (or one from :meth:`models`).
             inputs: one array per model input, by the input's name. Arrays
-                must have the dtype and shape the model takes (an ``int64``
-                model input needs an ``int64`` array: ``np.asarray([[1, 2]])``
-                is ``int64`` on Linux, ``np.float64`` data for a ``float32``
-                input is refused, not converted).
+                must have the dtype and shape the model takes: an ``int64``
+                model input needs ``int64`` data, and ``float64`` data for a
+                ``float32`` input is refused, not converted.
             timeout: seconds to wait for the execution to finish.
             priority: each unit adds 0.05 USDC to the fee.
-            keep: do not acknowledge the outputs.
 
         Returns:
             ``{output name: array}``, in the model's output order.
 
         Raises:
             ExecutionFailed: the execution failed on the network.
-            SplitUpTimeout: it did not finish within ``timeout`` (it keeps
+            SplitUpTimeout: it did not finish within ``timeout``. It keeps
                 running; :attr:`SplitUpTimeout.execution` is its id, for
-                :meth:`wait` and :meth:`fetch`).
-            SplitUpError: anything else, e.g. an unknown model or an input
-                whose name, dtype or shape the model does not take.
-
-        To keep the execution id or not block, use :meth:`submit`,
-        :meth:`wait` and :meth:`fetch`.
+                :meth:`wait` and :meth:`fetch`.
+            SplitUpError: anything else, e.g. an unknown model, or an input
+                whose name, dtype or shape the model does not take (refused
+                before anything is paid).
         """
-        secs = _seconds(timeout, "timeout")
-        with tempfile.TemporaryDirectory(prefix="splitup-run-") as tmp:
-            options = _input_options(inputs, Path(tmp) / "inputs")
-            out = Path(tmp) / "outputs"
-            options += [f"--priority={_whole(priority, 'priority')}", "--wait", f"--output={out}", f"--timeout={secs}"]
-            if keep:
-                options.append("--keep")
-            try:
-                doc = self._call(
-                    ["submit"],
-                    options,
-                    [str(_whole(model_id, "model_id"))],
-                    keyed=True,
-                    timeout=secs + FETCH_GRACE,
-                )
-            except SplitUpTimeout:
-                raise
-            except SplitUpError as e:
-                raise _typed(e) from None
-            return _read_outputs(doc)
+        _positive(timeout, "timeout")
+        execution = self.submit(model_id, inputs, priority=priority)
+        self.wait(execution, timeout=timeout)
+        return self.fetch(execution)
 
     def submit(self, model_id: int, inputs: Mapping[str, ArrayLike], *, priority: int = 0) -> int:
         """Submits inputs to a deployed model without waiting; returns the execution id.
@@ -429,36 +462,46 @@ class Client:
         with tempfile.TemporaryDirectory(prefix="splitup-submit-") as tmp:
             options = _input_options(inputs, Path(tmp) / "inputs")
             options.append(f"--priority={_whole(priority, 'priority')}")
-            doc = self._call(["submit"], options, [str(_whole(model_id, "model_id"))], keyed=True)
+            doc = self._call(["submit"], options, [str(_whole(model_id, "model_id"))], keyed=True, signs=True)
         return int(doc["execution"])
 
-    def wait(self, execution_id: int, *, timeout: float = RUN_TIMEOUT, poll_interval: float = 0.25) -> Dict[str, Any]:
+    def wait(self, execution_id: int, *, timeout: float = RUN_TIMEOUT, poll_interval: float = 1.0) -> Dict[str, Any]:
         """Waits until an execution has finished; returns its final :meth:`status`.
 
-        Polls ``status`` every ``poll_interval`` seconds. Raises
+        Looks at its status after 0.05 s, then at intervals growing by half
+        each time up to ``poll_interval`` seconds (short executions return
+        quickly, long ones cost one short process a second). Raises
         :class:`ExecutionFailed` if it failed, :class:`SplitUpTimeout` (with
         the execution id) if it is still in progress after ``timeout``.
         """
-        _seconds(timeout, "timeout")
+        _positive(timeout, "timeout")
         deadline = time.monotonic() + timeout
+        pause = POLL_FIRST
         while True:
             s = self.status(execution_id)
             if s["status"] == "Completed":
                 return s
             if s["status"] == "Failed":
-                raise ExecutionFailed(int(execution_id), s.get("failure"))
+                raise ExecutionFailed(int(execution_id), s["failure"])
             if s["status"] != "InProgress":
                 raise SplitUpError(f"execution {execution_id} is in an unknown state {s['status']!r}")
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                done = sum(t["state"] == "Completed" for t in s["tasks"])
                 raise SplitUpTimeout(
-                    f"execution {execution_id} did not finish within {timeout} s "
-                    f"({sum(t['state'] == 'Completed' for t in s['tasks'])} of {len(s['tasks'])} tasks completed)",
+                    f"execution {execution_id} did not finish within {timeout:g} s "
+                    f"({done} of {len(s['tasks'])} tasks completed; it keeps running)",
                     execution=int(execution_id),
                 )
-            time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
+            time.sleep(min(pause, left))
+            pause = min(pause * 1.5, poll_interval)
 
     def fetch(self, execution_id: int) -> Dict[str, np.ndarray]:
         """Downloads a completed execution's outputs and acknowledges them: ``{name: array}``.
+
+        Acknowledging tells the ledger the outputs are safe here, so the
+        network deletes the execution's tensors at once rather than after
+        its retention time.
 
         Raises :class:`SplitUpError` if the execution is still in progress,
         failed, or its outputs were already deleted (acknowledged by an
@@ -467,7 +510,7 @@ class Client:
         with tempfile.TemporaryDirectory(prefix="splitup-fetch-") as tmp:
             out = Path(tmp) / "outputs"
             doc = self._call(
-                ["fetch"], [f"--output={out}"], [str(_whole(execution_id, "execution_id"))], keyed=True
+                ["fetch"], [f"--output={out}"], [str(_whole(execution_id, "execution_id"))], keyed=True, signs=True
             )
             return _read_outputs(doc)
 
@@ -548,13 +591,3 @@ def _read_outputs(doc: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         outputs[o["name"]] = a
     return outputs
 
-
-def _typed(e: SplitUpError) -> SplitUpError:
-    """``submit --wait``'s timeout and failure messages as :class:`SplitUpTimeout` / :class:`ExecutionFailed`."""
-    m = _TIMED_OUT.search(e.message)
-    if m:
-        return SplitUpTimeout(e.message, int(m.group(1)), e.returncode, e.stderr, e.command)
-    m = _FAILED.search(e.message)
-    if m:
-        return ExecutionFailed(int(m.group(1)), m.group(2).strip(), e.returncode, e.stderr, e.command)
-    return e

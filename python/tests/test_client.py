@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import splitup
 from splitup import BinaryNotFoundError, Client, SplitUpError, SplitUpTimeout
 
 # The tolerance the partitioner promises between a split and an unsplit run
@@ -68,6 +71,34 @@ def test_inputs_in_any_numpy_layout_are_sent_as_the_binary_reads_them(user, tiny
     assert not strided.flags.c_contiguous and np.array_equal(strided, ids)
     for layout in (big_endian, strided, ids.T.copy().T):
         assert_equals_unsplit(user.run(deployed, {"input_ids": layout}, timeout=120), tiny)
+
+
+def test_concurrent_runs_with_one_key_all_succeed(network, user, tiny, deployed, binary):
+    """Each signing command reads the key's nonce, then sends: the client serialises them per key
+    file (threads, a second Client, another process), so no run is refused for a stale nonce."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other_process = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, numpy as np; from splitup import Client\n"
+            "c = Client(sys.argv[1], key=sys.argv[2])\n"
+            "for _ in range(4): c.run(int(sys.argv[3]), {'input_ids': np.array([[2, 7, 1, 8, 2, 8, 1, 8]])})",
+            network.url, user.key, str(deployed),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(splitup.__file__).parents[1]), "SPLITUP_BIN": binary},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        same_key = Client(network.url, key=user.key)
+        with ThreadPoolExecutor(6) as pool:
+            runs = [pool.submit(c.run, deployed, tiny.inputs, timeout=120) for c in [user, same_key] * 4]
+            for r in runs:
+                assert_equals_unsplit(r.result(), tiny)
+    finally:
+        out, _ = other_process.communicate(timeout=300)
+    assert other_process.returncode == 0, out.decode()
 
 
 def test_models_nodes_and_balance(network, user, deployed):
