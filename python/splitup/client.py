@@ -115,7 +115,7 @@ def find_binary(binary: Optional[PathLike] = None) -> str:
         raise BinaryNotFoundError(f"the splitup binary {candidate!r} ({source}) does not exist; {BUILD_HINT}")
     if not os.access(candidate, os.X_OK):
         raise BinaryNotFoundError(f"the splitup binary {candidate!r} ({source}) is not executable; {BUILD_HINT}")
-    return candidate
+    return os.path.abspath(candidate)
 
 
 def _error_message(stderr: str, returncode: int) -> str:
@@ -146,7 +146,7 @@ class Client:
 
         c = Client("http://127.0.0.1:7878", key="user.json")
         model = c.deploy("model.onnx", vram="700KiB", dims={"batch": 1, "seq": 8})
-        out = c.run(model, {"input_ids": np.array([[2, 7, 1, 8, 2, 8, 1, 8]])})
+        out = c.run(model, {"input_ids": np.array([[2, 7, 1, 8, 2, 8, 1, 8]], dtype=np.int64)})
         out["logits"].shape   # (1, 8, 2048)
 
     Args:
