@@ -852,7 +852,7 @@ fn a_node_short_of_memory_swaps_tasks_in_and_out_and_still_computes_correctly() 
     // The summary ("node KEY pre-loaded L of N tasks (...)"), not a task's own line.
     let preload = lines
         .iter()
-        .find(|l| l.starts_with("node ") && l.contains("pre-loaded"))
+        .find(|l| l.contains(": node ") && l.contains("pre-loaded"))
         .unwrap();
     let (loaded, total) = {
         let w: Vec<&str> = preload.split_whitespace().collect();
