@@ -177,10 +177,26 @@ fn unsigned_formats(v: &mut Value) {
 }
 
 /// [`spec`], pretty-printed with a final newline: what `GET /openapi.json`
-/// answers and `docs/openapi.json` holds.
+/// answers and `docs/openapi.json` holds. Keys are sorted, except at the
+/// top, where the introduction comes first and the schemas last.
 pub fn spec_json() -> String {
-    static JSON: LazyLock<String> =
-        LazyLock::new(|| serde_json::to_string_pretty(&spec()).expect("JSON serialises") + "\n");
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        let doc = spec();
+        let first = ["openapi", "info", "tags", "paths"];
+        let top = doc.as_object().expect("the description is an object");
+        let keys = first
+            .iter()
+            .filter(|k| top.contains_key(**k))
+            .copied()
+            .chain(top.keys().map(String::as_str).filter(|k| !first.contains(k)));
+        let fields: Vec<String> = keys
+            .map(|k| {
+                let v = serde_json::to_string_pretty(&top[k]).expect("JSON serialises");
+                format!("  {}: {}", Value::from(k), v.replace('\n', "\n  "))
+            })
+            .collect();
+        format!("{{\n{}\n}}\n", fields.join(",\n"))
+    });
     JSON.clone()
 }
 

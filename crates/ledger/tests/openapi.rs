@@ -102,6 +102,8 @@ fn the_served_description_is_the_checked_in_one() {
     assert_eq!(r.headers()["content-type"], "application/json");
     let served = r.text().unwrap();
     assert_eq!(served, splitup_ledger::openapi::spec_json());
+    let parsed: Value = serde_json::from_str(&served).expect("the served description is JSON");
+    assert_eq!(parsed, splitup_ledger::openapi::spec());
     let path = checked_in();
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &served).unwrap();
