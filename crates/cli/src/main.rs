@@ -236,6 +236,8 @@ pub struct NodeStartArgs {
 pub enum LedgerCommand {
     /// Start the ledger: genesis and log in --data, operator keys beside it; replays the log on restart.
     Start(LedgerStartArgs),
+    /// Print the ledger's HTTP API as an OpenAPI 3.1 description (JSON; what `GET /openapi.json` serves and docs/openapi.json holds).
+    Openapi,
 }
 
 #[derive(Args)]
@@ -655,6 +657,10 @@ fn main() {
         Command::Generate(a) => commands::generate(a),
         Command::Sim(a) => commands::sim(a),
         Command::Ledger(LedgerCommand::Start(a)) => network::ledger_start(a),
+        Command::Ledger(LedgerCommand::Openapi) => {
+            print!("{}", splitup_ledger::openapi::spec_json());
+            Ok(0)
+        }
         Command::Keys(KeysCommand::New { output, .. }) => network::keys_new(output.as_deref()),
         Command::Keys(KeysCommand::Show { key, .. }) => network::keys_show(key.as_deref()),
         Command::Faucet(a) => network::faucet(a),

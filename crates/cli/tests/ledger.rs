@@ -462,3 +462,29 @@ fn a_key_over_its_rate_gets_429_and_nothing_it_sent_is_applied() {
     // Another key is not limited by alice's rate.
     transfer_ring(&l, &[bob.clone(), alice.clone()], 1);
 }
+
+/// `splitup ledger openapi` prints what a running ledger serves at
+/// `/openapi.json`, which is the checked-in docs/openapi.json.
+#[test]
+fn ledger_openapi_prints_the_served_description() {
+    let d = tempfile::tempdir().unwrap();
+    let l = start(&d.path().join("ledger"));
+    let out = Command::new(env!("CARGO_BIN_EXE_splitup"))
+        .args(["ledger", "openapi"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let served = http()
+        .get(format!("{}/openapi.json", l.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(printed, served);
+    let file = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")).unwrap();
+    assert_eq!(
+        printed, file,
+        "docs/openapi.json is stale: UPDATE_OPENAPI=1 cargo test -p splitup-ledger --test openapi"
+    );
+}

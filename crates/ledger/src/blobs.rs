@@ -39,7 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use serde_json::json;
+use splitup_protocol::api::ApiError;
 use splitup_protocol::crypto::{
     blob_request_message, from_hex32, from_hex64, verify_signature, BLOB_REQUEST_TTL_MAX_MS,
 };
@@ -333,6 +333,28 @@ fn authenticate(headers: &HeaderMap, method: &str, hash: &str, now: Millis) -> R
 }
 
 /// `PUT /v1/blobs/{hash}`: a signed upload, streamed into the store.
+#[utoipa::path(
+    put,
+    path = "/v1/blobs/{hash}",
+    tag = "blobs",
+    params(
+        ("hash" = splitup_protocol::schema::Hex32, Path, description = "The blob's BLAKE3."),
+        ("x-splitup-key" = splitup_protocol::schema::Hex32, Header, description = "The signer's public key."),
+        ("x-splitup-expires" = u64, Header, description = "When the request expires, ms since the Unix epoch: in the future and at most 600 000 ms ahead of the ledger's clock."),
+        ("x-splitup-signature" = splitup_protocol::schema::Hex64, Header, description = "ed25519 over `splitup-blob-request-v1\\n{METHOD}\\n{hash}\\n{expires}`."),
+    ),
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream", description = "The blob's bytes, streamed (their BLAKE3 must be `hash`; at most the store's blob limit). Registered nodes and accounts holding at least `params.account_min` may upload, within a per-key quota per rolling 24 h."),
+    responses(
+        (status = 200, description = "Stored.", body = splitup_protocol::api::BlobStored),
+        (status = 400, description = "`hash` is not 64 lowercase hex digits, or the bytes do not hash to it (code 102).", body = ApiError),
+        (status = 401, description = "Missing, expired or bad signature headers (code 1).", body = ApiError),
+        (status = 403, description = "Neither a registered node nor an account holding `params.account_min` (code 3).", body = ApiError),
+        (status = 413, description = "Over the store's blob size limit (code 102).", body = ApiError),
+        (status = 429, description = "Over this key's upload quota for the last 24 h (code 103).", body = ApiError),
+        (status = 502, description = "The backing store failed (code 502).", body = ApiError),
+        (status = 503, description = "The ledger is stopping (code 503).", body = ApiError),
+    )
+)]
 pub(crate) async fn put_blob(
     State(s): State<Shared>,
     UrlPath(hash): UrlPath<String>,
@@ -424,13 +446,37 @@ pub(crate) async fn put_blob(
     match result {
         Ok(n) => {
             s.access.uploaded(name, key, wall_ms());
-            Json(json!({ "ok": true, "blake3": hash, "bytes": n })).into_response()
+            Json(splitup_protocol::api::BlobStored {
+                ok: true,
+                blake3: name,
+                bytes: n,
+            })
+            .into_response()
         }
         Err(e) => store_error(e),
     }
 }
 
 /// `GET /v1/blobs/{hash}`: a signed read by a party, streamed from the store.
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{hash}",
+    tag = "blobs",
+    params(
+        ("hash" = splitup_protocol::schema::Hex32, Path, description = "The blob's BLAKE3."),
+        ("x-splitup-key" = splitup_protocol::schema::Hex32, Header, description = "The signer's public key."),
+        ("x-splitup-expires" = u64, Header, description = "When the request expires, ms since the Unix epoch: in the future and at most 600 000 ms ahead of the ledger's clock."),
+        ("x-splitup-signature" = splitup_protocol::schema::Hex64, Header, description = "ed25519 over `splitup-blob-request-v1\\n{METHOD}\\n{hash}\\n{expires}`."),
+    ),
+    responses(
+        (status = 200, description = "The blob's bytes, streamed.", body = crate::openapi::Binary, content_type = "application/octet-stream", headers(("content-length" = u64, description = "The blob's size in bytes."))),
+        (status = 400, description = "`hash` is not 64 lowercase hex digits (code 102).", body = ApiError),
+        (status = 401, description = "Missing, expired or bad signature headers (code 1).", body = ApiError),
+        (status = 403, description = "The signer is not a party to an execution or model that refers to the blob (code 3).", body = ApiError),
+        (status = 404, description = "Not in the store (code 4).", body = ApiError),
+        (status = 502, description = "The backing store failed, or holds damaged bytes (code 502).", body = ApiError),
+    )
+)]
 pub(crate) async fn get_blob(State(s): State<Shared>, UrlPath(hash): UrlPath<String>, headers: HeaderMap) -> Response {
     let Some(name) = from_hex32(&hash) else {
         return store_error(StoreError::BadName(hash));

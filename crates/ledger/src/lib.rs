@@ -13,4 +13,5 @@ pub mod keys;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod openapi;
 pub mod server;

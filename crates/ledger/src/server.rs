@@ -498,6 +498,25 @@ async fn with_core(
     joined.unwrap_or_else(|e| Err(Internal(format!("the request's worker failed: {e}"))))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tx",
+    tag = "instructions",
+    request_body(content = SignedTx, description = "A signed instruction (at most 1 MiB of JSON)."),
+    responses(
+        (status = 200, description = "Applied and durable: its position in the log and the events it caused.", body = TxAccepted),
+        (status = 400, description = "Malformed JSON (code 100), or refused by the rules: overflow (5), invalid model (8), invalid instruction (9), unexpected result (10), insecure parameters (11).", body = ApiError),
+        (status = 401, description = "The signature does not verify for the signer (code 1).", body = ApiError),
+        (status = 402, description = "Insufficient balance (code 6) or stake (7).", body = ApiError),
+        (status = 403, description = "The signer may not do this (code 3).", body = ApiError),
+        (status = 404, description = "The instruction names an unknown model, execution, task or node (code 4).", body = ApiError),
+        (status = 409, description = "The nonce is not the signer's next nonce (code 2).", body = ApiError),
+        (status = 413, description = "The body is over 1 MiB (plain text, from the HTTP layer).", body = String, content_type = "text/plain"),
+        (status = 423, description = "Locked (code 12): e.g. a withdrawal before the unstake lockup ends.", body = ApiError),
+        (status = 429, description = crate::openapi::RATE_LIMITED, body = ApiError, headers(("retry-after" = u64, description = "Seconds to wait."))),
+        (status = 500, description = crate::openapi::INTERNAL, body = ApiError),
+    )
+)]
 async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     let tx: SignedTx = match serde_json::from_slice(&body) {
         Ok(tx) => tx,
@@ -569,6 +588,20 @@ async fn post_tx(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     applied(with_core(&s, move |core| core.submit(tx)).await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/faucet",
+    tag = "instructions",
+    request_body(content = FaucetRequest, description = "Development networks only (`splitup ledger start --dev`): the ledger mints USDC to `to` with its mint key (at most 4 KiB of JSON)."),
+    responses(
+        (status = 200, description = "Minted and durable.", body = TxAccepted),
+        (status = 400, description = "Malformed request, or `amount_usdc` not 1 to 100 000 (code 101).", body = ApiError),
+        (status = 403, description = "Not a development network: there is no faucet (code 3).", body = ApiError),
+        (status = 413, description = "The body is over 4 KiB (plain text, from the HTTP layer).", body = String, content_type = "text/plain"),
+        (status = 429, description = crate::openapi::RATE_LIMITED, body = ApiError, headers(("retry-after" = u64, description = "Seconds to wait."))),
+        (status = 500, description = crate::openapi::INTERNAL, body = ApiError),
+    )
+)]
 async fn post_faucet(State(s): State<Shared>, peer: Peer, body: Bytes) -> Response {
     let req: FaucetRequest = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -594,6 +627,12 @@ async fn post_faucet(State(s): State<Shared>, peer: Peer, body: Bytes) -> Respon
     applied(with_core(&s, move |core| core.faucet(req.to, usdc * USDC)).await)
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The ledger's metrics in the Prometheus text format 0.0.4, computed from its state at each scrape.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
 async fn get_metrics(State(s): State<Shared>) -> Response {
     let text = {
         let core = s.core.lock();
@@ -609,6 +648,12 @@ async fn get_metrics(State(s): State<Shared>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "state",
+    responses((status = 200, description = "Counts, supply, the latest block hash and the ledger's clock.", body = Status))
+)]
 async fn get_status(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
@@ -628,6 +673,12 @@ async fn get_status(State(s): State<Shared>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blockhashes",
+    tag = "state",
+    responses((status = 200, description = "Recent slots that changed the state, newest first, with the block hash at the end of each.", body = Vec<SlotHash>))
+)]
 /// The slot clock: the block hash at the end of each recent slot that changed the state.
 async fn get_blockhashes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
@@ -644,6 +695,12 @@ async fn get_blockhashes(State(s): State<Shared>) -> Response {
     Json(list).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/genesis",
+    tag = "state",
+    responses((status = 200, description = "The genesis parameters, the mint authority and the beacon's key.", body = GenesisView))
+)]
 async fn get_genesis(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let l = &core.ledger;
@@ -664,6 +721,16 @@ fn bad_key() -> Response {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{key}",
+    tag = "state",
+    params(("key" = splitup_protocol::schema::Hex32, Path, description = "The account's public key.")),
+    responses(
+        (status = 200, description = "Balance, next nonce and, for a node, its view. An unknown key reads as an empty account.", body = AccountView),
+        (status = 400, description = crate::openapi::BAD_KEY, body = ApiError),
+    )
+)]
 async fn get_account(State(s): State<Shared>, UrlPath(key): UrlPath<String>) -> Response {
     let Some(k) = Pubkey::from_hex(&key) else {
         return bad_key();
@@ -697,6 +764,12 @@ fn node_view(k: &Pubkey, n: &splitup_protocol::state::Node) -> NodeView {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "state",
+    responses((status = 200, description = "Every registered node.", body = Vec<NodeView>))
+)]
 async fn get_nodes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let list: Vec<NodeView> = core.ledger.nodes.iter().map(|(k, n)| node_view(k, n)).collect();
@@ -707,9 +780,12 @@ async fn get_nodes(State(s): State<Shared>) -> Response {
 /// `V` (the `x-splitup-version` header of an earlier answer), or after `N`
 /// ms (at most 30 s). Without `after` the answer is immediate. This is the
 /// push channel: a node or client waits here instead of polling.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Wait {
+    /// Wait until the state's version is past this one (the `x-splitup-version` header of an earlier answer); without it, answer at once.
     after: Option<u64>,
+    /// The longest wait, ms (default 10 000, at most 30 000).
     wait_ms: Option<u64>,
 }
 
@@ -734,6 +810,17 @@ fn bad_id(what: &str) -> Response {
     error(StatusCode::BAD_REQUEST, 101, format!("{what} ids are numbers"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions/{id}",
+    tag = "state",
+    params(("id" = u64, Path, description = "The execution's id."), Wait),
+    responses(
+        (status = 200, description = "The execution and each of its tasks. With `after`, an execution in progress is answered once the state changes or `wait_ms` passes; a finished one at once.", body = ExecutionView, headers(("x-splitup-version" = u64, description = "The state's version this answer was computed at: send it back as `after` to wait for the next change."))),
+        (status = 400, description = "The id is not a number (code 101), or the query string does not parse (plain text).", content((ApiError = "application/json"), (String = "text/plain"))),
+        (status = 404, description = "Unknown execution (code 4).", body = ApiError),
+    )
+)]
 async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return bad_id("execution");
@@ -786,11 +873,23 @@ async fn get_execution(State(s): State<Shared>, UrlPath(id): UrlPath<String>, Qu
     versioned(&core, Json(view).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Limit {
+    /// How many (default 20, at most 1000).
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/executions",
+    tag = "state",
+    params(Limit),
+    responses(
+        (status = 200, description = "The most recent executions, newest first.", body = Vec<ExecutionSummary>),
+        (status = 400, description = "The query string does not parse (plain text).", body = String, content_type = "text/plain"),
+    )
+)]
 /// The most recent executions, newest first (`?limit=N`, default 20, at most 1000).
 async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Response {
     let core = s.core.lock();
@@ -818,6 +917,17 @@ async fn get_executions(State(s): State<Shared>, Query(q): Query<Limit>) -> Resp
 /// What "recent" means in a model's demand: the last hour.
 const RECENT_MS: Millis = 3_600_000;
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    tag = "state",
+    params(("id" = u64, Path, description = "The model's id.")),
+    responses(
+        (status = 200, description = "The model's definition and its demand (nodes per task, recent executions).", body = ModelView),
+        (status = 400, description = "The id is not a number (code 101).", body = ApiError),
+        (status = 404, description = "Unknown model (code 4).", body = ApiError),
+    )
+)]
 async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return bad_id("model");
@@ -859,6 +969,12 @@ async fn get_model(State(s): State<Shared>, UrlPath(id): UrlPath<String>) -> Res
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "state",
+    responses((status = 200, description = "One line per registered model.", body = Vec<ModelSummary>))
+)]
 async fn get_models(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
     let list: Vec<ModelSummary> = core
@@ -876,6 +992,17 @@ async fn get_models(State(s): State<Shared>) -> Response {
     Json(list).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes/{key}/work",
+    tag = "nodes",
+    params(("key" = splitup_protocol::schema::Hex32, Path, description = "The node's public key."), Wait),
+    responses(
+        (status = 200, description = "Its work items: tasks to compute, results to validate, disputes to judge. With `after`, answered once the state changes or `wait_ms` passes.", body = Vec<WorkItem>, headers(("x-splitup-version" = u64, description = "The state's version this answer was computed at: send it back as `after` to wait for the next change."))),
+        (status = 400, description = "Not a public key (code 101), or the query string does not parse (plain text).", content((ApiError = "application/json"), (String = "text/plain"))),
+        (status = 404, description = "Not a registered node (code 4).", body = ApiError),
+    )
+)]
 /// What a node must do now: tasks assigned to it, and challenges it validates.
 async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(w): Query<Wait>) -> Response {
     let Some(k) = Pubkey::from_hex(&key) else {
@@ -917,6 +1044,12 @@ async fn get_work(State(s): State<Shared>, UrlPath(key): UrlPath<String>, Query(
     versioned(&core, Json(work).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/disputes",
+    tag = "state",
+    responses((status = 200, description = "Tasks in dispute: committees, votes so far, deadlines.", body = Vec<DisputeView>))
+)]
 /// Tasks in dispute: their committees, votes so far and deadlines.
 async fn get_disputes(State(s): State<Shared>) -> Response {
     let core = s.core.lock();
@@ -978,6 +1111,7 @@ fn router(
         .route("/v1/models/{id}", get(get_model))
         // Streamed bodies: the store's limit and the upload quota apply, not a body limit.
         .route("/v1/blobs/{hash}", put(blobs::put_blob).get(blobs::get_blob))
+        .route("/openapi.json", get(crate::openapi::get_openapi))
         .with_state(state.clone());
     (r, state)
 }

@@ -81,9 +81,11 @@ pub mod hex_vec {
 }
 
 /// Every error answer: a message and the protocol's stable code (1–12 from
-/// [`crate::ProtocolError::code`]; 100–102 malformed requests, 429 rate
-/// limited, 500 internal, 502 the backing store failed).
+/// [`crate::ProtocolError::code`]; 100–102 malformed requests, 103 over
+/// the upload quota, 429 rate limited, 500 internal, 502 the backing store
+/// failed, 503 the ledger is stopping).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ApiError {
     pub error: String,
@@ -92,6 +94,7 @@ pub struct ApiError {
 
 /// `POST /v1/tx` (and the faucet): the instruction is durable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TxAccepted {
     pub ok: bool,
     /// Its position in the ledger's log.
@@ -99,11 +102,26 @@ pub struct TxAccepted {
     pub events: Vec<Event>,
 }
 
+/// `PUT /v1/blobs/{hash}`: the blob is in the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BlobStored {
+    pub ok: bool,
+    /// Its BLAKE3: the hash it was uploaded under.
+    #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
+    pub blake3: [u8; 32],
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
 /// `POST /v1/faucet` (development networks).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FaucetRequest {
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub to: Pubkey,
     /// Whole USDC, 1 to 100,000 (default 5000: enough to stake a node of up to 32 GB).
     #[serde(default)]
@@ -112,9 +130,11 @@ pub struct FaucetRequest {
 
 /// `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub instructions: u64,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub blockhash: [u8; 32],
     pub now_ms: Millis,
     pub slot: u64,
@@ -129,19 +149,24 @@ pub struct Status {
 
 /// `GET /v1/blockhashes`: one recent slot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SlotHash {
     pub slot: u64,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub blockhash: [u8; 32],
 }
 
 /// `GET /v1/genesis`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GenesisView {
     pub params: Params,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub mint_authority: Pubkey,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub beacon: Pubkey,
     /// A development network (faucet on).
     pub dev: bool,
@@ -149,17 +174,21 @@ pub struct GenesisView {
 
 /// A node as `GET /v1/nodes` and `/v1/accounts/{key}` show it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub key: Pubkey,
     pub vram: u64,
     pub stake: Micro,
     /// `Active`, `Unresponsive` or `Offline`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::state::NodeStatus))]
     pub status: String,
     pub load: u32,
     /// Disputes it is party to (asserter, validator or committee member).
     pub disputes: u32,
     pub last_heartbeat_ms: Millis,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::ModelTask>))]
     pub supports: Vec<(u64, u32)>,
     pub slashed_total: Micro,
     pub earned_total: Micro,
@@ -172,6 +201,7 @@ pub struct NodeView {
 /// `Withdraw` moves it to the balance, which the ledger accepts from
 /// `unlock_ms` on, once the node holds no task and no dispute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnstakingView {
     pub amount: Micro,
     pub unlock_ms: Millis,
@@ -179,8 +209,10 @@ pub struct UnstakingView {
 
 /// `GET /v1/accounts/{key}` (an unknown key reads as an empty account).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub key: Pubkey,
     pub balance: Micro,
     /// The nonce its next instruction must carry.
@@ -190,10 +222,12 @@ pub struct AccountView {
 
 /// `GET /v1/models` (one line per model).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelSummary {
     pub id: u64,
     pub name: String,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub owner: Pubkey,
     pub active: bool,
     pub tasks: usize,
@@ -201,9 +235,11 @@ pub struct ModelSummary {
 
 /// `GET /v1/models/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelView {
     pub id: u64,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub owner: Pubkey,
     pub active: bool,
     pub def: ModelDef,
@@ -218,20 +254,25 @@ pub struct ModelView {
 
 /// One task of `GET /v1/executions/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     /// 1-based.
     pub task: u32,
     /// `Pending`, `Ready`, `Assigned`, `Challenged`, `Disputed` or `Completed`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::state::TaskStatus))]
     pub status: String,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub node: Option<Pubkey>,
     pub attempts: u32,
     pub timeouts: u32,
     pub challenged: bool,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub validator: Option<Pubkey>,
     pub outcome: Option<String>,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub commitment: Option<[u8; 32]>,
     pub output_uris: Vec<String>,
     /// The validator sealed its recomputation (its bytes are not shown
@@ -239,16 +280,20 @@ pub struct TaskView {
     pub validator_sealed: bool,
     /// The validator's revealed outputs (after its seal).
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub validator_commitment: Option<[u8; 32]>,
     pub validator_uris: Vec<String>,
     /// A dispute's committee, and the members who voted.
     #[serde(with = "hex_vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::Hex32>))]
     pub committee: Vec<Pubkey>,
     #[serde(with = "hex_vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::Hex32>))]
     pub voted: Vec<Pubkey>,
     /// Nodes no longer assigned this task in this execution: found
     /// dishonest by a dispute, timed out, or unable to run it.
     #[serde(with = "hex_vec", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::Hex32>))]
     pub excluded: Vec<Pubkey>,
     /// The current deadline (result, validation, or dispute), ledger ms.
     pub deadline_ms: Millis,
@@ -256,13 +301,16 @@ pub struct TaskView {
 
 /// `GET /v1/executions/{id}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionView {
     pub id: u64,
     pub model: u64,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub user: Pubkey,
     /// The input commitment: the BLAKE3 of the input blob.
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub input: [u8; 32],
     pub status: ExecStatus,
     pub escrow: Micro,
@@ -281,10 +329,12 @@ impl ExecutionView {
 
 /// `GET /v1/executions` (newest first).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionSummary {
     pub id: u64,
     pub model: u64,
     #[serde(with = "hex")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Hex32))]
     pub user: Pubkey,
     pub status: ExecStatus,
     pub tasks: usize,
@@ -296,6 +346,7 @@ pub struct ExecutionSummary {
 
 /// What a work item asks of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum WorkKind {
     /// Execute the task (the node is its assigned asserter).
@@ -320,6 +371,7 @@ impl std::fmt::Display for WorkKind {
 
 /// `GET /v1/nodes/{key}/work`: one item of a node's work.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkItem {
     pub execution: u64,
     pub model: u64,
@@ -330,29 +382,38 @@ pub struct WorkItem {
     pub deadline_ms: Millis,
     /// For `judge`: the asserter's committed result (never sent to a validator).
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub commitment: Option<[u8; 32]>,
     /// For `judge`: the validator's revealed result, if it revealed one.
     #[serde(default, with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>))]
     pub validator_commitment: Option<[u8; 32]>,
 }
 
 /// `GET /v1/disputes`: a task in dispute, its committee and its deadline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DisputeView {
     pub execution: u64,
     pub model: u64,
     pub task: u32,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub asserter: Option<Pubkey>,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub commitment: Option<[u8; 32]>,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub validator: Option<Pubkey>,
     #[serde(with = "hex_opt")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::Hex32>, required = true))]
     pub validator_commitment: Option<[u8; 32]>,
     #[serde(with = "hex_vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::Hex32>))]
     pub committee: Vec<Pubkey>,
     #[serde(with = "hex_vec")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::Hex32>))]
     pub voters: Vec<Pubkey>,
     pub deadline_ms: Millis,
 }

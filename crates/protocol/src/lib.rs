@@ -9,6 +9,8 @@
 
 pub mod api;
 pub mod crypto;
+#[cfg(feature = "openapi")]
+pub mod schema;
 pub mod state;
 pub mod types;
 

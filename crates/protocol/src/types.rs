@@ -15,6 +15,7 @@ pub const PPM: u64 = 1_000_000;
 /// Genesis parameters. No floats anywhere: probabilities are parts per
 /// million, ratios are percentages, so a Solana program computes the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Params {
     /// Challenge probability p, parts per million (seed: 0.08).
@@ -144,6 +145,7 @@ impl Default for Params {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<u64>,
@@ -151,14 +153,17 @@ pub struct TensorSpec {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskDef {
     pub vram: u64,
     pub compute_units: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub weight_uri: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
     pub weight_hash: [u8; 32],
     /// BLAKE3 of the task's ONNX graph (its initializers carry no data).
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
     pub graph_hash: [u8; 32],
     /// How a committee member judges a result of this task against its own
     /// recomputation: one check per output, plus derived checks (the greedy
@@ -188,11 +193,13 @@ pub const CHECK_MISS_RATE_MAX: f64 = 0.5;
 /// `splitup_tensor::judge`; the ledger checks only that a check is well
 /// formed and within the limits above.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputCheck {
     pub name: String,
     pub rtol: f64,
     pub atol: f64,
     pub miss_rate: f64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::schema::IndicesOf>))]
     pub indices_of: Option<(String, u32)>,
 }
 
@@ -211,6 +218,7 @@ impl OutputCheck {
 
 /// Seed 000 §7.1 `TaskConnection`, with task ids 1-based and 0 the user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Connection {
     pub source_task: u32,
     pub destination_task: u32,
@@ -219,6 +227,7 @@ pub struct Connection {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelDef {
     pub name: String,
     pub inputs: Vec<TensorSpec>,
@@ -228,6 +237,7 @@ pub struct ModelDef {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Instruction {
     /// Local networks only: the mint authority creates money.
     Mint {
@@ -245,6 +255,7 @@ pub enum Instruction {
     /// Registers or updates the signer as a node.
     RegisterNode {
         vram: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = Vec<crate::schema::ModelTask>))]
         supports: Vec<(u64, u32)>,
     },
     Stake {
@@ -258,11 +269,13 @@ pub enum Instruction {
     SubmitExecution {
         model: u64,
         priority: u64,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
         input_commitment: [u8; 32],
     },
     SubmitResult {
         execution: u64,
         task: u32,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
         commitment: [u8; 32],
         output_uris: Vec<String>,
     },
@@ -273,6 +286,7 @@ pub enum Instruction {
     SubmitValidation {
         execution: u64,
         task: u32,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
         seal: [u8; 32],
     },
     /// Reveal: the BLAKE3 of the validator's output bytes and where they are
@@ -281,6 +295,7 @@ pub enum Instruction {
     RevealValidation {
         execution: u64,
         task: u32,
+        #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes32))]
         commitment: [u8; 32],
         output_uris: Vec<String>,
     },
@@ -319,11 +334,13 @@ pub enum Instruction {
 /// A signed instruction. `nonce` must equal the signer's next nonce, so a
 /// replayed or reordered instruction is rejected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignedTx {
     pub signer: Pubkey,
     pub nonce: u64,
     pub ix: Instruction,
     #[serde(with = "sig_serde")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::schema::Bytes64))]
     pub signature: [u8; 64],
 }
 
@@ -409,6 +426,7 @@ impl ProtocolError {
 
 /// What happened, for the shells (node daemons, the simulator) to act on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Event {
     ModelRegistered {
         model: u64,
