@@ -472,12 +472,29 @@ fn refused_asserter(attack: &str) {
     fetch_and_compare(dir, &url, &reference);
     let e = get(&url, "/v1/executions/1");
     assert!(e["tasks"][0]["timeouts"].as_u64().unwrap() >= 1, "{e}");
-    // It is paid nothing for the task it attacked (it may have validated
-    // others' results honestly since, for a validator's reward).
-    let worker = e["tasks"][0]["node"].as_str().unwrap().to_string();
+    // It is paid nothing for the task it attacked. It may since have
+    // validated other tasks of the execution honestly (p = 1): at most those
+    // validators' rewards (120% of a task's cost, so comparing with the
+    // worker's earnings would not do: task 1 is the cheapest).
+    let params = get(&url, "/v1/genesis")["params"].clone();
+    let tasks = get(&url, "/v1/models/1")["def"]["tasks"].clone();
+    let p = |k: &str| params[k].as_u64().unwrap();
+    let validated: u64 = e["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["validator"].as_str() == Some(attacker.as_str()))
+        .map(|t| {
+            let def = &tasks[t["task"].as_u64().unwrap() as usize - 1];
+            let cost = def["compute_units"].as_u64().unwrap() * p("fee_per_cu")
+                + (p("fee_per_gb") * def["vram"].as_u64().unwrap()).div_ceil(splitup_protocol::GB);
+            cost * p("verification_reward_pct") / 100
+        })
+        .sum();
+    let earned = earned_total(&url, &attacker);
     assert!(
-        earned_total(&url, &attacker) < earned_total(&url, &worker),
-        "{attack}: the attacker earned as much as the node that did the work"
+        earned <= validated,
+        "{attack}: the attacker earned {earned}, more than the {validated} its validations pay"
     );
     honest_kept(dir, &url, 3, &attacker);
 }
