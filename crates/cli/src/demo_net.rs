@@ -290,22 +290,16 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     let balance_before = client.get(&format!("/v1/accounts/{}", user.pubkey().hex()))?["balance"].clone();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.input_seed);
     let mut code = 0;
-    let caught = |c: &Client| -> Result<bool> {
-        Ok(match &cheater {
-            Some(k) => {
-                c.get(&format!("/v1/accounts/{k}"))?["node"]["slashed_total"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    > 0
-            }
-            None => true,
-        })
-    };
     let mut runs = 0;
+    // Each node's slashed total after the last inference.
     let mut slashed: BTreeMap<String, u64> = BTreeMap::new();
+    let caught = |slashed: &BTreeMap<String, u64>| match &cheater {
+        Some(k) => slashed.get(k).is_some_and(|s| *s > 0),
+        None => true,
+    };
     // The requested inferences, then more (at most EXTRA_INFERENCES) until
     // the cheater has been caught: whether it is drawn is up to the VRF.
-    while runs < a.inferences || (runs < a.inferences + EXTRA_INFERENCES && !caught(&client)?) {
+    while runs < a.inferences || (runs < a.inferences + EXTRA_INFERENCES && !caught(&slashed)) {
         let run = runs;
         runs += 1;
         let ids: Vec<i64> = (0..a.seq).map(|_| rng.random_range(0..c.vocab as i64)).collect();
@@ -438,7 +432,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         usdc(&treasury)
     );
     match &cheater {
-        Some(k) if caught(&client)? => println!(
+        Some(k) if caught(&slashed) => println!(
             "  the cheater {} was caught and slashed; every output the user received is the honest one",
             names[k]
         ),

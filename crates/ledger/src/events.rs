@@ -36,39 +36,49 @@ fn rest(fields: &serde_json::Map<String, serde_json::Value>) -> String {
         .join(" ")
 }
 
-/// Logs each event.
+/// Logs each event. Runs on every instruction the ledger applies: an
+/// event is turned into fields only when its line passes `RUST_LOG`.
 pub fn log(events: &[Event]) {
     for e in events {
-        let Ok(serde_json::Value::Object(outer)) = serde_json::to_value(e) else {
-            continue;
-        };
-        let Some((name, serde_json::Value::Object(fields))) = outer.into_iter().next() else {
-            continue;
-        };
-        let execution = fields.get("execution").and_then(|v| v.as_u64());
-        let task = fields.get("task").and_then(|v| v.as_u64());
-        let node = fields.get("node").and_then(key_hex);
-        let node = node.as_deref().map(tracing::field::display);
-        let rest = rest(&fields);
         macro_rules! at {
-            ($level:ident) => {
-                tracing::$level!(
-                    target: "splitup_ledger::events",
-                    execution,
-                    task,
-                    node,
-                    "{name} {rest}"
-                )
+            ($level:ident, $macro:ident) => {
+                if tracing::enabled!(target: "splitup_ledger::events", tracing::Level::$level) {
+                    if let Some((name, execution, task, node, rest)) = fields(e) {
+                        tracing::$macro!(
+                            target: "splitup_ledger::events",
+                            execution,
+                            task,
+                            node = node.as_deref().map(tracing::field::display),
+                            "{name} {rest}"
+                        )
+                    }
+                }
             };
         }
         match e {
-            Event::Skipped { .. } => at!(debug),
+            Event::Skipped { .. } => at!(DEBUG, debug),
             Event::Slashed { .. }
             | Event::TimedOut { .. }
             | Event::ExecutionFailed { .. }
             | Event::NodeUnresponsive { .. }
-            | Event::Unrunnable { .. } => at!(warn),
-            _ => at!(info),
+            | Event::Unrunnable { .. } => at!(WARN, warn),
+            _ => at!(INFO, info),
         }
     }
+}
+
+/// An event's name, execution, task, node (hex) and other fields.
+type Fields = (String, Option<u64>, Option<u64>, Option<String>, String);
+
+fn fields(e: &Event) -> Option<Fields> {
+    let serde_json::Value::Object(outer) = serde_json::to_value(e).ok()? else {
+        return None;
+    };
+    let (name, serde_json::Value::Object(fields)) = outer.into_iter().next()? else {
+        return None;
+    };
+    let execution = fields.get("execution").and_then(|v| v.as_u64());
+    let task = fields.get("task").and_then(|v| v.as_u64());
+    let node = fields.get("node").and_then(key_hex);
+    Some((name, execution, task, node, rest(&fields)))
 }
