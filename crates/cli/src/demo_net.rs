@@ -227,6 +227,8 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         human(whole_vram),
         groups.len()
     );
+    // Keys and names in start order (node0, node1, ...), and names by key.
+    let mut started: Vec<(String, String)> = Vec::new();
     let mut names = BTreeMap::new();
     let mut cheater = None;
     let mut i = 0;
@@ -241,6 +243,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
         } else {
             format!("tasks {}-{}", g.tasks.start, g.tasks.end - 1)
         };
+        let specs: Vec<String> = g.tasks.clone().map(|t| format!("{model}/{t}")).collect();
         for honest in std::iter::repeat_n(true, g.honest).chain(std::iter::repeat_n(false, g.cheaters)) {
             let name = format!("node{i}");
             let key_path = dir.join(format!("{name}.json"));
@@ -262,7 +265,6 @@ pub fn run(a: DemoArgs) -> Result<i32> {
                 "--vram",
                 &vram_arg,
             ];
-            let specs: Vec<String> = g.tasks.clone().map(|t| format!("{model}/{t}")).collect();
             for s in &specs {
                 args.extend(["--specialise", s]);
             }
@@ -281,7 +283,8 @@ pub fn run(a: DemoArgs) -> Result<i32> {
                     "; it CHEATS: returns perturbed outputs, as asserter and as validator"
                 }
             );
-            names.insert(k.pubkey().hex(), name);
+            names.insert(k.pubkey().hex(), name.clone());
+            started.push((k.pubkey().hex(), name));
             i += 1;
         }
     }
@@ -371,7 +374,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
                 }
             );
         }
-        for (k, n) in &names {
+        for (k, n) in &started {
             let now = slashed_of(&client, k)?;
             let before = slashed.insert(k.clone(), now).unwrap_or(0);
             if now > before {
@@ -407,9 +410,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     println!("\nsummary after {}:", crate::util::plural(runs as u64, "inference"));
     println!("  the user paid {paid:.6} USDC in fees");
     let (mut earned, mut slashed_all) = (0.0, 0.0);
-    let mut by_name: Vec<(&String, &String)> = names.iter().collect();
-    by_name.sort_by_key(|(_, n)| n.trim_start_matches("node").parse::<usize>().unwrap_or(usize::MAX));
-    for (k, n) in by_name {
+    for (k, n) in &started {
         let acct = client.get(&format!("/v1/accounts/{k}"))?;
         let node = &acct["node"];
         earned += usdc(&node["earned_total"]);

@@ -492,6 +492,7 @@ where
         obj.insert("time_ms".into(), ms.into());
         obj.insert("level".into(), event.metadata().level().as_str().into());
         obj.insert("target".into(), event.metadata().target().into());
+        // An absent span or Option field records nothing: these stay null.
         for absent in ["node", "execution", "task", "kind"] {
             obj.insert(absent.into(), Value::Null);
         }
@@ -524,7 +525,6 @@ where
             }
         }
         event.record(&mut Fields(&mut obj));
-        // tracing records an absent Option field as nothing: keep the null.
         writeln!(writer, "{}", Value::Object(obj))
     }
 }
